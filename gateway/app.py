@@ -1,0 +1,72 @@
+"""App factory: builds the adapters once per process, hands them to the core, mounts the http layer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.core.uploads import Limits, UploadService
+from gateway.db.pool import create_pool
+from gateway.db.repository import PgUploadRepository
+from gateway.http.auth import Authenticator
+from gateway.http.keys import AUTHENTICATOR, READINESS_CHECKS, SERVICE, SETTINGS
+from gateway.http.routes import setup_http
+from gateway.s3.presign import S3PartSigner
+from gateway.s3.sigv4 import Credentials, SigV4Signer
+from gateway.s3.store import S3ObjectStore, s3_client
+
+log = logging.getLogger(__name__)
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+OBJECT_STORE = web.AppKey("object_store", S3ObjectStore)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_upload_size=settings.max_upload_size, part_size=settings.part_size, upload_ttl=settings.upload_ttl,
+        upload_max_age=settings.upload_max_age, presign_ttl=settings.presign_ttl,
+        download_ttl=settings.download_ttl, sign_batch_max=settings.sign_batch_max,
+        key_prefix=settings.s3_key_prefix, bucket=settings.s3_bucket, complete_timeout=settings.complete_timeout,
+        head_reconcile_timeout=settings.head_reconcile_timeout, reconcile_interval=settings.reconcile_interval,
+    )
+
+
+def make_signer(settings: Settings) -> SigV4Signer:
+    credentials = Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
+    return SigV4Signer(credentials, settings.s3_region, settings.presign_endpoint_url)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(settings)
+    try:
+        async with s3_client(settings) as client:
+            store = S3ObjectStore(client, settings.s3_bucket)
+            app[POOL] = pool
+            app[OBJECT_STORE] = store
+            app[SERVICE] = UploadService(PgUploadRepository(pool), store,
+                                         S3PartSigner(make_signer(settings), settings.s3_bucket),
+                                         limits_from(settings))
+
+            async def database_ready() -> None:
+                await pool.fetchval("select 1")
+
+            app[READINESS_CHECKS] = {"postgres": database_ready, "s3": store.ping}
+            yield
+    finally:
+        await pool.close()
+
+
+def create_app(settings: Settings, **app_options: Any) -> web.Application:
+    settings.require_services()
+    app = web.Application(**app_options)
+    app[SETTINGS] = settings
+    app[AUTHENTICATOR] = Authenticator(settings)
+    app.cleanup_ctx.append(_resources)
+    setup_http(app, settings.base_path, settings.cors_origins)
+    return app

@@ -1,0 +1,150 @@
+"""`gateway serve | dev | migrate | token`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import jwt
+from aiohttp import web
+
+from gateway.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("gateway")
+
+DEV_AUDIENCE = "gateway-dev"
+DEV_ISSUER = "gateway-dev"
+DEV_TOKEN_TTL = 7 * 86400
+
+
+def mint_token(secret: str, subject: str, *, audience: str, issuer: str, ttl: int) -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "aud": audience, "iss": issuer, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _run_app(settings: Settings) -> None:
+    from gateway.app import create_app
+
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, reuse_port=True,
+                access_log=None, print=None, shutdown_timeout=30)
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    settings.require_services()
+    log.info("gateway listening on http://%s:%d%s with %d worker(s)", settings.host, settings.port,
+             settings.base_path, args.workers)
+    if args.workers <= 1:
+        _run_app(settings)
+        return
+    # Processes share the port through SO_REUSEPORT; the kernel spreads connections.
+    workers = [multiprocessing.Process(target=_run_app, args=(settings,), daemon=True) for _ in range(args.workers)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.terminate()
+
+
+def migrate_command(args: argparse.Namespace) -> None:
+    from gateway.db.migrate import migrate
+
+    url = os.environ.get("GATEWAY_DATABASE_URL") or load_settings().database_url
+    if not url:
+        raise ConfigError("GATEWAY_DATABASE_URL is required")
+    applied = asyncio.run(migrate(url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+def _dev_secret(data_dir: Path) -> str:
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev(args: argparse.Namespace) -> None:
+    """Everything on one machine: embedded Postgres and SeaweedFS in a data dir that survives restarts."""
+    from gateway.db.migrate import migrate
+    from gateway.embedded import EmbeddedStack
+
+    data_dir = Path(args.data_dir).resolve()
+    auth = os.environ.get("GATEWAY_AUTH", "jwt")
+    with EmbeddedStack(data_dir, bucket="uploads", cors_origins=("*",)) as stack_info:
+        asyncio.run(migrate(stack_info.database_url))
+        secret = _dev_secret(data_dir)
+        settings = load_settings(
+            {k: v for k, v in os.environ.items() if k.startswith("GATEWAY_")},
+            database_url=stack_info.database_url, s3_endpoint_url=stack_info.s3_endpoint_url,
+            s3_bucket=stack_info.s3_bucket, s3_region=stack_info.s3_region,
+            s3_access_key_id=stack_info.s3_access_key_id, s3_secret_access_key=stack_info.s3_secret_access_key,
+            host="127.0.0.1", port=args.port, auth=auth, jwt_secret=secret, jwt_audience=DEV_AUDIENCE,
+            jwt_issuer=DEV_ISSUER, cors_origins=("*",),
+        )
+        url = f"http://127.0.0.1:{settings.port}{settings.base_path}"
+        print(f"\n  gateway dev: {url}\n  data: {data_dir}\n  postgres: {stack_info.database_url}\n"
+              f"  s3: {stack_info.s3_endpoint_url} (bucket {stack_info.s3_bucket})")
+        if auth == "none":
+            print("\n  !!! AUTH IS OFF (GATEWAY_AUTH=none): anyone who can reach this port can upload !!!\n")
+        else:
+            token = mint_token(secret, "dev-user", audience=DEV_AUDIENCE, issuer=DEV_ISSUER, ttl=DEV_TOKEN_TTL)
+            print(f"  token (7 days): {token}\n\n"
+                  f"  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' -H 'Upload-Length: 11' "
+                  f"-H \"Authorization: Bearer {token}\"\n")
+        sys.stdout.flush()
+        _run_app(settings)
+
+
+def token_command(args: argparse.Namespace) -> None:
+    """Mint an HS256 token with GATEWAY_JWT_SECRET (for tests and operators)."""
+    settings = load_settings()
+    if not settings.jwt_secret:
+        raise ConfigError("GATEWAY_JWT_SECRET is required to mint tokens")
+    print(mint_token(settings.jwt_secret, args.subject, audience=settings.jwt_audience,
+                     issuer=settings.jwt_issuer or DEV_ISSUER, ttl=args.ttl))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Resumable upload gateway (tus -> S3)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the gateway (production settings from GATEWAY_*)")
+    serve_parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve_parser.set_defaults(func=serve)
+    dev_parser = commands.add_parser("dev", help="run with embedded Postgres and SeaweedFS, no settings needed")
+    dev_parser.add_argument("--data-dir", default=".dev-data", help="where Postgres and S3 keep data")
+    dev_parser.add_argument("--port", type=int, default=8080)
+    dev_parser.set_defaults(func=dev)
+    migrate_parser = commands.add_parser("migrate", help="apply database migrations (idempotent)")
+    migrate_parser.set_defaults(func=migrate_command)
+    token_parser = commands.add_parser("token", help="mint an HS256 token with GATEWAY_JWT_SECRET")
+    token_parser.add_argument("--subject", default="dev-user")
+    token_parser.add_argument("--ttl", type=int, default=3600)
+    token_parser.set_defaults(func=token_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

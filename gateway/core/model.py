@@ -1,0 +1,137 @@
+"""The upload model: states, owners, ids and the fixed part plan (DESIGN §2)."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+S3_MIN_PART_SIZE = 5 * MiB
+S3_MAX_PART_SIZE = 5 * GiB
+S3_MAX_PARTS = 10_000
+LARGE_FILE = 1 * GiB
+LARGE_FILE_PART_SIZE = 64 * MiB
+
+# Shard number reserved at the front of every id so Postgres can be split later (DESIGN §2).
+SHARD_PREFIX = "00"
+
+
+class State(enum.Enum):
+    ACTIVE = "active"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class PartChecksum(enum.Enum):
+    MD5 = "md5"
+    CRC32C = "crc32c"
+    SHA256 = "sha256"
+
+    @property
+    def is_s3_algorithm(self) -> bool:
+        """crc32c and sha256 are x-amz-checksum algorithms fixed at CreateMultipartUpload."""
+        return self is not PartChecksum.MD5
+
+    @property
+    def digest_size(self) -> int:
+        return {PartChecksum.MD5: 16, PartChecksum.CRC32C: 4, PartChecksum.SHA256: 32}[self]
+
+
+@dataclass(frozen=True)
+class Owner:
+    issuer: str
+    subject: str
+
+
+def new_upload_id() -> str:
+    """>= 128 random bits, URL-safe, behind the shard prefix."""
+    return SHARD_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()
+
+
+def object_key(prefix: str, upload_id: str) -> str:
+    """`{prefix}/{random leading characters}/{id}`: spreads keys over S3 prefixes, never uses the filename."""
+    spread = upload_id[len(SHARD_PREFIX):len(SHARD_PREFIX) + 2]
+    return "/".join(p for p in (prefix, spread, upload_id) if p)
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def plan_part_size(length: int | None, configured: int, hint: int | None) -> int:
+    """Fixed for the upload's life: every part but the last has this size (DESIGN §2)."""
+    size = hint if hint is not None else configured
+    if hint is None and (length is None or length > LARGE_FILE):
+        size = max(size, LARGE_FILE_PART_SIZE)
+    if length is not None:
+        size = max(size, _round_up(-(-length // S3_MAX_PARTS), MiB))
+    return max(S3_MIN_PART_SIZE, min(size, S3_MAX_PART_SIZE))
+
+
+@dataclass(frozen=True)
+class ConfirmedPart:
+    number: int
+    size: int
+    etag: str
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    owner: Owner
+    length: int | None
+    part_size: int
+    part_checksum: PartChecksum | None
+    metadata: dict[str, str | None]
+    metadata_header: str
+    bucket: str
+    key: str
+    multipart_id: str | None
+    state: State
+    prefix_parts: int
+    expires_at: datetime
+    is_expired: bool
+    signed_max_part: int = 0
+    needs_reconcile: bool = False
+    confirmed_beyond_prefix: tuple[int, ...] = field(default=())
+    failure_reason: str | None = None
+
+    @property
+    def part_count(self) -> int | None:
+        if self.length is None:
+            return None
+        return max(1, -(-self.length // self.part_size))
+
+    @property
+    def max_length(self) -> int:
+        return self.part_size * S3_MAX_PARTS
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the longest prefix of parts S3 is known to hold."""
+        if self.state in (State.COMPLETING, State.COMPLETED):
+            return self.length or 0
+        done = self.prefix_parts * self.part_size
+        return done if self.length is None else min(done, self.length)
+
+    def part_range(self, number: int) -> tuple[int, int]:
+        """(offset, size) of part `number`; a deferred upload's parts are all full-size."""
+        start = (number - 1) * self.part_size
+        if self.length is None:
+            return start, self.part_size
+        return start, min(self.part_size, self.length - start)
+
+    def is_confirmed(self, number: int) -> bool:
+        return number <= self.prefix_parts or number in self.confirmed_beyond_prefix
+
+    def valid_part_number(self, number: int) -> bool:
+        count = self.part_count
+        return 1 <= number <= (count if count is not None else S3_MAX_PARTS)

@@ -1,0 +1,138 @@
+"""What the core needs from storage, as small protocols; gateway.db and gateway.s3 implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.core.model import ConfirmedPart, Owner, PartChecksum, State, Upload
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    id: str
+    owner: Owner
+    length: int | None
+    part_size: int
+    part_checksum: PartChecksum | None
+    metadata: dict[str, str | None]
+    metadata_header: str
+    bucket: str
+    key: str
+    multipart_id: str | None
+    state: State
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    upload: Upload
+    # True for exactly one caller: the one whose confirm moved the upload to `completing`.
+    started_completing: bool
+
+
+class UploadRepository(Protocol):
+    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload: ...
+
+    async def get(self, upload_id: str) -> Upload | None: ...
+
+    async def terminate(self, upload_id: str) -> Upload | None:
+        """Move an upload that is not `completing` to `terminated`; None if it is `completing`."""
+        ...
+
+    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime,
+                            ttl: int) -> Upload | None:
+        """Note parts signed up to max_part; None unless the upload is still active."""
+        ...
+
+    async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
+        """Set a deferred length once; None if the length was already set or the upload is not active."""
+        ...
+
+    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int) -> ConfirmResult:
+        """Record parts S3 holds, advance the prefix, move to `completing` when it covers the length."""
+        ...
+
+    async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
+        """True at most once per `interval` seconds per upload, across instances."""
+        ...
+
+    async def confirmed_parts(self, upload_id: str) -> list[ConfirmedPart]: ...
+
+    async def finish_completing(self, upload_id: str, state: State, reason: str | None = None) -> None:
+        """`completing` -> `completed` or `failed`."""
+        ...
+
+    async def reopen(self, upload_id: str, unconfirm: Sequence[int]) -> None:
+        """`completing` -> `active`, dropping parts S3 refused at Complete."""
+        ...
+
+
+@dataclass(frozen=True)
+class ListedPart:
+    number: int
+    size: int
+    etag: str
+    checksum: str | None
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PartsPage:
+    parts: list[ListedPart]
+    next_marker: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    metadata: dict[str, str]
+
+
+class ObjectStore(Protocol):
+    async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
+                               checksum: PartChecksum | None) -> str: ...
+
+    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str]) -> None: ...
+
+    async def list_parts(self, key: str, multipart_id: str, marker: int, max_parts: int) -> PartsPage:
+        """Raises UploadError(NOT_FOUND) when the multipart upload is gone (NoSuchUpload)."""
+        ...
+
+    async def complete(self, key: str, multipart_id: str, parts: Sequence[ConfirmedPart],
+                       checksum: PartChecksum | None) -> None:
+        """Raises CompleteRefused for NoSuchUpload / InvalidPart, UploadError for other failures."""
+        ...
+
+    async def abort(self, key: str, multipart_id: str) -> None: ...
+
+    async def delete_object(self, key: str) -> None: ...
+
+    async def head_object(self, key: str) -> ObjectHead | None: ...
+
+
+class CompleteRefused(Exception):
+    """S3 refused CompleteMultipartUpload for a reason the core handles (DESIGN §3.4)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "no_such_upload" | "invalid_part"
+
+
+@dataclass(frozen=True)
+class SignedPart:
+    url: str
+    headers: dict[str, str]
+
+
+class PartSigner(Protocol):
+    def sign_part(self, key: str, multipart_id: str, number: int, size: int, *, checksum_header: tuple[str, str] | None,
+                  expires_in: int) -> SignedPart: ...
+
+    def sign_download(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str: ...
+
+    def credentials_expire_at(self) -> datetime | None:
+        """When the signing credentials expire (STS); None for long-lived keys."""
+        ...

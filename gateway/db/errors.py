@@ -1,0 +1,33 @@
+"""Postgres failures as the core's error type: an unreachable database is a retryable 503."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import asyncpg
+
+from gateway.core.errors import ErrorCode, UploadError
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+
+@contextlib.asynccontextmanager
+async def translate_db_errors():  # type: ignore[no-untyped-def]
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("database unavailable: %r", exc)
+        raise UploadError(ErrorCode.DATABASE_UNAVAILABLE, "the database is unavailable; retry shortly",
+                          retry_after=2) from exc

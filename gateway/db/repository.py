@@ -1,0 +1,176 @@
+"""asyncpg adapter of the core's UploadRepository. All SQL of the gateway lives here and in migrations/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from gateway.core.model import ConfirmedPart, Owner, PartChecksum, State, Upload
+from gateway.core.ports import ConfirmResult, NewUpload
+from gateway.db.errors import translate_db_errors
+
+# Columns every read returns; derived flags use the database clock, never an instance's.
+_SELECT = """
+    u.*,
+    (u.state = 'active' and u.expires_at <= now()) as is_expired,
+    (u.state = 'active' and u.signed_max_part > u.prefix_parts
+        and (u.reconciled_at is null or u.reconciled_at < u.signed_until + interval '1 hour')) as needs_reconcile,
+    array(select p.number from upload_parts p
+          where p.upload_id = u.id and p.number > u.prefix_parts order by p.number) as confirmed_beyond
+"""
+
+_GET = f"select {_SELECT} from uploads u where u.id = $1"
+
+_INSERT = f"""
+with u as (
+    insert into uploads (id, owner_iss, owner_sub, length, part_size, part_checksum, metadata, metadata_header,
+                         bucket, s3_key, multipart_id, state, expires_at, max_expires_at, ended_at)
+    values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12,
+            now() + make_interval(secs => least($13::float8, $14::float8)), now() + make_interval(secs => $14::float8),
+            case when $12 = 'active' then null else now() end)
+    returning *
+)
+select {_SELECT} from u
+"""
+
+# An UPDATE ... RETURNING sees the row as it is after the update, so the flags are recomputed
+# from the returned columns in a wrapping select.
+def _returning(update: str) -> str:
+    return f"with u as ({update} returning *) select {_SELECT} from u"
+
+
+_TERMINATE = _returning("""
+    update uploads set state = 'terminated', ended_at = now(), updated_at = now(), writer_gen = writer_gen + 1
+    where id = $1 and state <> 'completing'
+""")
+
+_RECORD_SIGNED = _returning("""
+    update uploads set signed_max_part = greatest(signed_max_part, $2),
+                       signed_until = greatest(signed_until, $3),
+                       expires_at = least(now() + make_interval(secs => $4::float8), max_expires_at),
+                       updated_at = now()
+    where id = $1 and state = 'active' and expires_at > now()
+""")
+
+_DECLARE_LENGTH = _returning("""
+    update uploads set length = $2,
+                       state = case when prefix_parts * part_size >= $2 then 'completing' else state end,
+                       completing_since = case when prefix_parts * part_size >= $2 then now() end,
+                       expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
+                       updated_at = now()
+    where id = $1 and state = 'active' and length is null
+""")
+
+_CONFIRM = f"""
+    select {_SELECT}, c.started_completing
+    from confirm_parts($1, $2::integer[], $3::bigint[], $4::text[], $5::text[], $6) c,
+         lateral (select (c.upload_row).*) u
+"""
+
+_CLAIM_RECONCILE = """
+    update uploads set reconciled_at = now()
+    where id = $1 and (reconciled_at is null or reconciled_at < now() - make_interval(secs => $2::float8))
+    returning 1
+"""
+
+_CONFIRMED_PARTS = """
+    select number, size, etag, checksum from upload_parts where upload_id = $1 order by number
+"""
+
+_FINISH = """
+    update uploads set state = $2, failure_reason = $3, ended_at = now(), updated_at = now()
+    where id = $1 and state = 'completing'
+"""
+
+_REOPEN = """
+    with reopened as (
+        update uploads set state = 'active', completing_since = null, updated_at = now(),
+                           prefix_parts = least(prefix_parts, (select coalesce(min(n), 10001) - 1 from unnest($2::integer[]) n))
+        where id = $1 and state = 'completing'
+        returning id
+    )
+    delete from upload_parts where upload_id in (select id from reopened) and number = any($2::integer[])
+"""
+
+
+def _to_upload(row: asyncpg.Record) -> Upload:
+    checksum = row["part_checksum"]
+    return Upload(
+        id=row["id"],
+        owner=Owner(row["owner_iss"], row["owner_sub"]),
+        length=row["length"],
+        part_size=row["part_size"],
+        part_checksum=PartChecksum(checksum) if checksum else None,
+        metadata=json.loads(row["metadata"]),
+        metadata_header=row["metadata_header"],
+        bucket=row["bucket"],
+        key=row["s3_key"],
+        multipart_id=row["multipart_id"],
+        state=State(row["state"]),
+        prefix_parts=row["prefix_parts"],
+        expires_at=row["expires_at"],
+        is_expired=row["is_expired"],
+        signed_max_part=row["signed_max_part"],
+        needs_reconcile=row["needs_reconcile"],
+        confirmed_beyond_prefix=tuple(row["confirmed_beyond"]),
+        failure_reason=row["failure_reason"],
+    )
+
+
+class PgUploadRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def _fetch_upload(self, query: str, *args: object) -> Upload | None:
+        async with translate_db_errors():
+            row = await self.pool.fetchrow(query, *args)
+        return _to_upload(row) if row else None
+
+    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload:
+        upload = await self._fetch_upload(
+            _INSERT, new.id, new.owner.issuer, new.owner.subject, new.length, new.part_size,
+            new.part_checksum.value if new.part_checksum else None, json.dumps(new.metadata), new.metadata_header,
+            new.bucket, new.key, new.multipart_id, new.state.value, ttl, max_age)
+        assert upload is not None
+        return upload
+
+    async def get(self, upload_id: str) -> Upload | None:
+        return await self._fetch_upload(_GET, upload_id)
+
+    async def terminate(self, upload_id: str) -> Upload | None:
+        return await self._fetch_upload(_TERMINATE, upload_id)
+
+    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime, ttl: int) -> Upload | None:
+        return await self._fetch_upload(_RECORD_SIGNED, upload_id, max_part, urls_expire_at, ttl)
+
+    async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
+        return await self._fetch_upload(_DECLARE_LENGTH, upload_id, length, ttl)
+
+    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int) -> ConfirmResult:
+        async with translate_db_errors():
+            row = await self.pool.fetchrow(
+                _CONFIRM, upload_id, [p.number for p in parts], [p.size for p in parts],
+                [p.etag for p in parts], [p.checksum for p in parts], ttl)
+        if row is None:
+            raise LookupError(upload_id)
+        return ConfirmResult(_to_upload(row), row["started_completing"])
+
+    async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
+        async with translate_db_errors():
+            return await self.pool.fetchval(_CLAIM_RECONCILE, upload_id, interval) is not None
+
+    async def confirmed_parts(self, upload_id: str) -> list[ConfirmedPart]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch(_CONFIRMED_PARTS, upload_id)
+        return [ConfirmedPart(r["number"], r["size"], r["etag"], r["checksum"]) for r in rows]
+
+    async def finish_completing(self, upload_id: str, state: State, reason: str | None = None) -> None:
+        async with translate_db_errors():
+            await self.pool.execute(_FINISH, upload_id, state.value, reason)
+
+    async def reopen(self, upload_id: str, unconfirm: Sequence[int]) -> None:
+        async with translate_db_errors():
+            await self.pool.execute(_REOPEN, upload_id, list(unconfirm))

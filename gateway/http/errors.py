@@ -1,0 +1,93 @@
+"""The one place where error codes become HTTP statuses, and the middleware that renders them.
+
+Every error answers `{"error": {"code", "message"}}` (plus `details` when useful). Anything that is not
+an UploadError is logged with its traceback and becomes a generic 500 without internal detail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core.errors import ErrorCode, UploadError
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNSUPPORTED_VERSION: 412,
+    ErrorCode.INVALID_UPLOAD_LENGTH: 400,
+    ErrorCode.AMBIGUOUS_UPLOAD_LENGTH: 400,
+    ErrorCode.INVALID_METADATA: 400,
+    ErrorCode.INVALID_PART_SIZE: 400,
+    ErrorCode.INVALID_CHECKSUM_ALGORITHM: 400,
+    ErrorCode.CONCATENATION_UNSUPPORTED: 400,
+    ErrorCode.UNKNOWN_PART: 400,
+    ErrorCode.BATCH_TOO_LARGE: 400,
+    ErrorCode.CHECKSUM_REQUIRED: 400,
+    ErrorCode.INVALID_OFFSET: 400,
+    ErrorCode.INVALID_CONTENT_TYPE: 415,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.GONE: 410,
+    ErrorCode.UPLOAD_EXPIRED: 410,
+    ErrorCode.UPLOAD_FAILED: 410,
+    ErrorCode.NOT_READY: 409,
+    ErrorCode.UPLOAD_COMPLETED: 409,
+    ErrorCode.UPLOAD_NOT_ACTIVE: 409,
+    ErrorCode.MAX_SIZE_EXCEEDED: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.OFFSET_MISMATCH: 409,
+    ErrorCode.PART_CONFIRMED: 409,
+    ErrorCode.PART_NOT_VISIBLE: 409,
+    ErrorCode.SIZE_MISMATCH: 409,
+    ErrorCode.LENGTH_ALREADY_SET: 400,
+    ErrorCode.LENGTH_CONFLICT: 409,
+    ErrorCode.COMPLETING: 409,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+}
+
+# aiohttp's own refusals (unknown route, wrong method, body too large) keep their status.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def error_response(status: int, code: str, message: str, *, details: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return web.Response(status=status, text=json.dumps({"error": body}), content_type="application/json",
+                        headers=headers)
+
+
+def render(exc: UploadError) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if exc.code is ErrorCode.UNSUPPORTED_VERSION:
+        headers["Tus-Version"] = "1.0.0"
+    return error_response(STATUS[exc.code], exc.code.value, exc.message, details=exc.details, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except UploadError as exc:
+        return render(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, code, exc.reason, headers=headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal server error")

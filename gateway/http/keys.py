@@ -1,0 +1,19 @@
+"""Typed keys for what the http layer reads from the application (wired by gateway.app)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.core.model import Owner
+from gateway.core.uploads import UploadService
+from gateway.http.auth import Authenticator
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", UploadService)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+# Named probes of the dependencies for /readyz: each raises when its dependency does not answer.
+READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Callable[[], Awaitable[None]]])
+OWNER = web.RequestKey("owner", Owner)

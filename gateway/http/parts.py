@@ -1,0 +1,106 @@
+"""presigned-parts handlers (DESIGN §3.2): sign, confirm, list."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import Upload
+from gateway.core.uploads import PartRequest
+from gateway.http.keys import SERVICE
+from gateway.http.tus import owner_of
+
+MAX_JSON_BODY = 256 * 1024
+
+
+def _bad(message: str) -> UploadError:
+    return UploadError(ErrorCode.INVALID_REQUEST, message)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {MAX_JSON_BODY} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    return body
+
+
+def _part_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad("part numbers are integers")
+    return value
+
+
+def _part_request(item: Any) -> PartRequest:
+    if isinstance(item, dict):
+        checksum = item.get("checksum")
+        if checksum is not None and not isinstance(checksum, str):
+            raise _bad("a part checksum is a base64 string")
+        return PartRequest(_part_number(item.get("number")), checksum)
+    return PartRequest(_part_number(item))
+
+
+def _parts_list(body: dict[str, Any]) -> list[Any]:
+    parts = body.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise _bad('"parts" must be a non-empty list')
+    return parts
+
+
+def _offset_headers(upload: Upload) -> dict[str, str]:
+    return {"Upload-Offset": str(upload.offset)}
+
+
+async def sign(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    requests = [_part_request(item) for item in _parts_list(body)]
+    length = body.get("length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+        raise _bad('"length" must be a non-negative integer')
+    result = await request.app[SERVICE].sign(request.match_info["upload_id"], owner_of(request), requests, length)
+    upload = result.upload
+    return web.json_response({
+        "offset": upload.offset,
+        "length": upload.length,
+        "part_size": upload.part_size,
+        "expires_at": result.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expires_in": result.expires_in,
+        "parts": [{"number": p.number, "offset": p.offset, "length": p.length, "method": "PUT",
+                   "url": p.url, "headers": p.headers} for p in result.parts],
+    }, headers=_offset_headers(upload))
+
+
+async def confirm_one(request: web.Request) -> web.Response:
+    raw = request.match_info["number"]
+    if not raw.isdigit() or len(raw) > 5:
+        raise UploadError(ErrorCode.UNKNOWN_PART, "part numbers are 1..10000")
+    upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), [int(raw)])
+    return web.Response(status=204, headers=_offset_headers(upload))
+
+
+async def confirm_many(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    numbers = [_part_number(n) for n in _parts_list(body)]
+    upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), numbers)
+    return web.Response(status=204, headers=_offset_headers(upload))
+
+
+async def list_parts(request: web.Request) -> web.Response:
+    upload, parts = await request.app[SERVICE].list_parts(request.match_info["upload_id"], owner_of(request))
+    return web.json_response({
+        "offset": upload.offset,
+        "length": upload.length,
+        "part_size": upload.part_size,
+        "state": upload.state.value,
+        "parts": [{"number": p.number, "size": p.size, "etag": p.etag, "checksum": p.checksum} for p in parts],
+    }, headers={**_offset_headers(upload), "Cache-Control": "no-store"})

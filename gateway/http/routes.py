@@ -1,0 +1,95 @@
+"""Routes and request middlewares of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.http import parts, tus
+from gateway.http.cors import cors_middleware
+from gateway.http.errors import error_middleware
+from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS
+
+# Route names: `tus.*` require Tus-Resumable; `public.*` need no token.
+_UPLOAD_ID = "{upload_id:[A-Za-z0-9_-]{16,64}}"
+
+
+@web.middleware
+async def tus_resumable_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """tus MUST: 412 with Tus-Version for a missing or unsupported version (OPTIONS excepted)."""
+    name = request.match_info.route.name or ""
+    if name.startswith("tus.") and request.method != "OPTIONS":
+        if request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION:
+            raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
+                              f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
+    return await handler(request)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    name = request.match_info.route.name or ""
+    if request.method != "OPTIONS" and not name.startswith("public.") and request.match_info.http_exception is None:
+        request[OWNER] = request.app[AUTHENTICATOR].owner(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+async def _tus_resumable_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Tus-Resumable"] = tus.TUS_VERSION
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Postgres and S3 answer within a few seconds."""
+    failures = {}
+    for name, check in request.app[READINESS_CHECKS].items():
+        try:
+            await asyncio.wait_for(check(), 3)
+        except Exception as exc:  # any failure means not ready; say which dependency
+            failures[name] = type(exc).__name__
+    if failures:
+        return web.json_response({"status": "unavailable", "failing": failures}, status=503,
+                                 headers={"Retry-After": "5"})
+    return web.json_response({"status": "ready"})
+
+
+def setup_routes(app: web.Application, base_path: str) -> None:
+    router = app.router
+    router.add_get("/healthz", healthz, name="public.healthz")
+    router.add_get("/readyz", readyz, name="public.readyz")
+
+    collection = router.add_resource(base_path, name="tus.collection")
+    collection.add_route("OPTIONS", tus.options)
+    collection.add_route("POST", tus.create)
+
+    upload = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="tus.upload")
+    upload.add_route("OPTIONS", tus.options)
+    upload.add_route("HEAD", tus.head)
+    upload.add_route("DELETE", tus.delete)
+    upload.add_route("POST", tus.method_override({"HEAD": tus.head, "DELETE": tus.delete}))
+
+    # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
+    download = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="download")
+    download.add_route("GET", tus.download)
+
+    part_list = router.add_resource(f"{base_path}/{_UPLOAD_ID}/parts", name="parts.collection")
+    part_list.add_route("OPTIONS", tus.options)
+    part_list.add_route("POST", parts.sign)
+    part_list.add_route("PUT", parts.confirm_many)
+    part_list.add_route("GET", parts.list_parts)
+
+    part = router.add_resource(f"{base_path}/{_UPLOAD_ID}/parts/{{number}}", name="parts.one")
+    part.add_route("OPTIONS", tus.options)
+    part.add_route("PUT", parts.confirm_one)
+
+
+def setup_http(app: web.Application, base_path: str, cors_origins: tuple[str, ...]) -> None:
+    app.middlewares.extend([cors_middleware(cors_origins), error_middleware, tus_resumable_middleware,
+                            auth_middleware])
+    app.on_response_prepare.append(_tus_resumable_header)
+    setup_routes(app, base_path)

@@ -1,0 +1,146 @@
+"""tus 1.0.0 handlers on the upload collection and on one upload: parse headers, call the core, format."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from email.utils import format_datetime
+
+from aiohttp import web
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, Owner, PartChecksum, Upload
+from gateway.http.keys import OWNER, SERVICE, SETTINGS
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,creation-defer-length,expiration,termination,presigned-parts"
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def owner_of(request: web.Request) -> Owner:
+    owner: Owner = request[OWNER]
+    return owner
+
+
+def upload_url(request: web.Request, upload_id: str) -> str:
+    settings = request.app[SETTINGS]
+    path = f"{settings.base_path}/{upload_id}"
+    if settings.public_url:
+        return settings.public_url + path
+    return str(request.url.with_path(path).with_query(None))
+
+
+def parse_non_negative(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not _DIGITS.match(raw.strip()):
+        code = ErrorCode.INVALID_OFFSET if name == "Upload-Offset" else ErrorCode.INVALID_UPLOAD_LENGTH
+        raise UploadError(code, f"{name} must be a non-negative integer")
+    return int(raw.strip())
+
+
+def _parse_part_size_hint(request: web.Request) -> int | None:
+    raw = request.headers.get("Upload-Part-Size")
+    if raw is None:
+        return None
+    if not _DIGITS.match(raw.strip()):
+        raise UploadError(ErrorCode.INVALID_PART_SIZE, "Upload-Part-Size must be a number of bytes")
+    value = int(raw)
+    if not S3_MIN_PART_SIZE <= value <= S3_MAX_PART_SIZE:
+        raise UploadError(ErrorCode.INVALID_PART_SIZE,
+                          f"Upload-Part-Size must be between {S3_MIN_PART_SIZE} and {S3_MAX_PART_SIZE}")
+    return value
+
+
+def _parse_part_checksum(request: web.Request) -> PartChecksum | None:
+    raw = request.headers.get("Upload-Part-Checksum")
+    if raw is None:
+        return None
+    try:
+        return PartChecksum(raw.strip().lower())
+    except ValueError:
+        raise UploadError(ErrorCode.INVALID_CHECKSUM_ALGORITHM,
+                          "Upload-Part-Checksum must be one of md5, crc32c, sha256") from None
+
+
+def upload_headers(upload: Upload) -> dict[str, str]:
+    """What HEAD and other responses say about an upload."""
+    headers = {
+        "Upload-Offset": str(upload.offset),
+        "Upload-Part-Size": str(upload.part_size),
+        "Upload-Expires": format_datetime(upload.expires_at, usegmt=True),
+    }
+    if upload.length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.length)
+    if upload.metadata_header:
+        headers["Upload-Metadata"] = upload.metadata_header
+    if upload.part_checksum:
+        headers["Upload-Part-Checksum"] = upload.part_checksum.value
+    return headers
+
+
+async def options(request: web.Request) -> web.Response:
+    """Discovery and CORS preflight; never 412."""
+    settings = request.app[SETTINGS]
+    return web.Response(status=204, headers={
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": TUS_EXTENSIONS,
+        "Tus-Max-Size": str(settings.max_upload_size),
+    })
+
+
+async def create(request: web.Request) -> web.Response:
+    if "Upload-Concat" in request.headers:
+        raise UploadError(ErrorCode.CONCATENATION_UNSUPPORTED, "Upload-Concat (concatenation) is not supported")
+    length = parse_non_negative(request, "Upload-Length")
+    defer = request.headers.get("Upload-Defer-Length")
+    if defer is not None and defer.strip() != "1":
+        raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "Upload-Defer-Length must be 1")
+    if length is not None and defer is not None:
+        raise UploadError(ErrorCode.AMBIGUOUS_UPLOAD_LENGTH, "send Upload-Length or Upload-Defer-Length, not both")
+    if length is None and defer is None:
+        raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "Upload-Length or Upload-Defer-Length: 1 is required")
+    upload = await request.app[SERVICE].create(
+        owner_of(request), length=length, metadata_header=request.headers.get("Upload-Metadata"),
+        part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request))
+    headers = upload_headers(upload)
+    headers["Location"] = upload_url(request, upload.id)
+    return web.Response(status=201, headers=headers)
+
+
+async def head(request: web.Request) -> web.Response:
+    upload = await request.app[SERVICE].status(request.match_info["upload_id"], owner_of(request))
+    headers = upload_headers(upload)
+    headers["Cache-Control"] = "no-store"
+    return web.Response(status=200, headers=headers)
+
+
+async def delete(request: web.Request) -> web.Response:
+    await request.app[SERVICE].terminate(request.match_info["upload_id"], owner_of(request))
+    return web.Response(status=204)
+
+
+async def download(request: web.Request) -> web.Response:
+    result = await request.app[SERVICE].download(request.match_info["upload_id"], owner_of(request))
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"url": result.url, "expires_at": result.expires_at.isoformat()},
+                                 headers={"Cache-Control": "no-store"})
+    return web.Response(status=302, headers={"Location": result.url, "Cache-Control": "no-store"})
+
+
+def method_override(handlers: dict[str, Handler]) -> Handler:
+    """POST with X-HTTP-Method-Override is the named method (tus MUST), for clients that cannot send it."""
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        method = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
+        handler = handlers.get(method)
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(handlers))
+        return await handler(request.clone(method=method))
+
+    return dispatch
