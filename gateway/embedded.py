@@ -322,7 +322,7 @@ class EmbeddedSeaweed:
             ],
             env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
         )
-        client = s3_client(endpoint, access_key, secret)
+        client = s3_client(endpoint, access_key, secret, timeout=1)  # a stuck probe must not stall polling
 
         def bucket_ready() -> bool:
             try:
@@ -352,13 +352,13 @@ class EmbeddedSeaweed:
         self.server.stop()
 
 
-def s3_client(endpoint: str, access_key: str, secret: str) -> Any:
+def s3_client(endpoint: str, access_key: str, secret: str, timeout: float = 10) -> Any:
     """A sync botocore S3 client that fails fast (no retries) and presigns with SigV4."""
     return botocore.session.get_session().create_client(
         "s3", endpoint_url=endpoint, region_name=REGION,
         aws_access_key_id=access_key, aws_secret_access_key=secret,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+                      connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1}),
     )
 
 

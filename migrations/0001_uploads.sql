@@ -46,6 +46,15 @@ create table upload_parts (
     primary key (upload_id, number)
 );
 
+-- The checksum each part was last signed with (crc32c/sha256 uploads): Complete must list every
+-- part's checksum, and some stores (SeaweedFS) do not return it from ListParts.
+create table signed_part_checksums (
+    upload_id text not null references uploads (id) on delete cascade,
+    number    integer not null check (number between 1 and 10000),
+    checksum  text not null,
+    primary key (upload_id, number)
+);
+
 -- One round trip per confirm: record parts, advance the prefix, move to 'completing' when done.
 -- Returns the new row and whether this call started completion (true for exactly one caller).
 create function confirm_parts(p_id text, p_numbers integer[], p_sizes bigint[], p_etags text[],
@@ -65,7 +74,9 @@ begin
         upload_row := u; started_completing := false; return next; return;
     end if;
     insert into upload_parts (upload_id, number, size, etag, checksum)
-    select p_id, n, s, e, c from unnest(p_numbers, p_sizes, p_etags, p_checksums) as t(n, s, e, c)
+    select p_id, n, s, e, coalesce(c, (select checksum from signed_part_checksums k
+                                        where k.upload_id = p_id and k.number = n))
+    from unnest(p_numbers, p_sizes, p_etags, p_checksums) as t(n, s, e, c)
     on conflict (upload_id, number) do nothing;
     next_part := u.prefix_parts;
     loop

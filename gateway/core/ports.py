@@ -41,9 +41,10 @@ class UploadRepository(Protocol):
         """Move an upload that is not `completing` to `terminated`; None if it is `completing`."""
         ...
 
-    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime,
-                            ttl: int) -> Upload | None:
-        """Note parts signed up to max_part; None unless the upload is still active."""
+    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime, ttl: int,
+                            checksums: Sequence[tuple[int, str]] = ()) -> Upload | None:
+        """Note parts signed up to max_part and the x-amz checksums they were signed with;
+        None unless the upload is still active."""
         ...
 
     async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:

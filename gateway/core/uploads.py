@@ -228,7 +228,10 @@ class UploadService:
                                          checksum_header=checksum, expires_in=expires_in)
             signed.append(SignedPartInfo(request.number, offset, size, part.url, part.headers))
         if numbers:
-            recorded = await self.repo.record_signed(upload.id, max(numbers), expires_at, limits.upload_ttl)
+            s3_checksums = [(r.number, c[1]) for r, c in zip(requests, checksums)
+                            if c is not None and upload.part_checksum and upload.part_checksum.is_s3_algorithm]
+            recorded = await self.repo.record_signed(upload.id, max(numbers), expires_at, limits.upload_ttl,
+                                                     s3_checksums)
             if recorded is None:
                 raise UploadError(ErrorCode.UPLOAD_NOT_ACTIVE, "the upload is no longer active")
             upload = recorded

@@ -47,13 +47,21 @@ _TERMINATE = _returning("""
     where id = $1 and state <> 'completing'
 """)
 
-_RECORD_SIGNED = _returning("""
+_RECORD_SIGNED = f"""
+with u as (
     update uploads set signed_max_part = greatest(signed_max_part, $2),
                        signed_until = greatest(signed_until, $3),
                        expires_at = least(now() + make_interval(secs => $4::float8), max_expires_at),
                        updated_at = now()
     where id = $1 and state = 'active' and expires_at > now()
-""")
+    returning *
+), checksums as (
+    insert into signed_part_checksums (upload_id, number, checksum)
+    select $1, n, c from unnest($5::integer[], $6::text[]) as t(n, c) where exists (select 1 from u)
+    on conflict (upload_id, number) do update set checksum = excluded.checksum
+)
+select {_SELECT} from u
+"""
 
 _DECLARE_LENGTH = _returning("""
     update uploads set length = $2,
@@ -143,8 +151,10 @@ class PgUploadRepository:
     async def terminate(self, upload_id: str) -> Upload | None:
         return await self._fetch_upload(_TERMINATE, upload_id)
 
-    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime, ttl: int) -> Upload | None:
-        return await self._fetch_upload(_RECORD_SIGNED, upload_id, max_part, urls_expire_at, ttl)
+    async def record_signed(self, upload_id: str, max_part: int, urls_expire_at: datetime, ttl: int,
+                            checksums: Sequence[tuple[int, str]] = ()) -> Upload | None:
+        return await self._fetch_upload(_RECORD_SIGNED, upload_id, max_part, urls_expire_at, ttl,
+                                        [n for n, _ in checksums], [c for _, c in checksums])
 
     async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
         return await self._fetch_upload(_DECLARE_LENGTH, upload_id, length, ttl)
