@@ -13,12 +13,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-TiB = 1024 * GiB
+from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, GiB, MiB
 
-S3_MIN_PART_SIZE = 5 * MiB
-S3_MAX_PART_SIZE = 5 * GiB
+TiB = 1024 * GiB
 S3_MAX_OBJECT_SIZE = 5 * TiB
 
 

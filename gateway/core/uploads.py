@@ -295,7 +295,12 @@ class UploadService:
         pending = [n for n in wanted if not upload.is_confirmed(n)]
         if not pending:
             return upload
-        found = await self._find_parts(upload, pending)
+        try:
+            found = await self._find_parts(upload, pending)
+        except UploadError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+            return await self._after_vanished_multipart(upload_id, owner)
         missing = [n for n in pending if n not in found]
         if missing:
             raise UploadError(ErrorCode.PART_NOT_VISIBLE, f"S3 does not hold parts {missing[:10]} yet",
@@ -307,6 +312,14 @@ class UploadService:
                               details={"parts": [{"number": n, "expected": upload.part_range(n)[1],
                                                   "actual": found[n].size} for n in wrong]})
         return await self._record(upload, [self._confirmed(found[n]) for n in pending])
+
+    async def _after_vanished_multipart(self, upload_id: str, owner: Owner) -> Upload:
+        """NoSuchUpload while confirming: usually a concurrent confirm just completed the upload."""
+        upload = await self._load(upload_id, owner)
+        self._ensure_alive(upload)
+        if upload.state in (State.COMPLETING, State.COMPLETED):
+            return upload
+        raise UploadError(ErrorCode.UPLOAD_FAILED, "the S3 multipart upload no longer exists")
 
     @staticmethod
     def _confirmed(part: ListedPart) -> ConfirmedPart:

@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+#
+# The gateway image: `docker build -t tus-s3-gateway .`
+#
+#   docker run --rm tus-s3-gateway gateway migrate      # once per release, before serving
+#   docker run -p 8080:8080 -e GATEWAY_... tus-s3-gateway  # gateway serve
+#
+# Settings come from GATEWAY_* environment variables (see gateway/config.py); docker-compose.yml
+# wires up a complete local stack (PostgreSQL, SeaweedFS S3, bucket setup, migrations, gateway).
+
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# An unprivileged account to run as; it owns nothing in /app (the code is read-only to it).
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin gateway
+
+WORKDIR /app
+
+# An editable install, on purpose: gateway/db/migrate.py finds migrations/ at the repository root
+# relative to the package (gateway/../migrations), which a regular wheel install would not ship.
+COPY . /app
+RUN pip install -e . \
+    && python -m compileall -q gateway \
+    && gateway --help >/dev/null
+
+ENV GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8080
+
+USER gateway:gateway
+
+EXPOSE 8080
+
+# python:3.11-slim has neither curl nor wget; Python's urllib does the probe. /healthz is the
+# liveness endpoint (no dependencies); /readyz additionally checks PostgreSQL and S3.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_PORT', '8080'), timeout=4)"]
+
+# aiohttp handles SIGTERM as a graceful shutdown (it waits up to 30 s for requests in flight).
+STOPSIGNAL SIGTERM
+CMD ["gateway", "serve"]
