@@ -6,19 +6,22 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import Limits, UploadService
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
 from gateway.http.auth import Authenticator
-from gateway.http.keys import AUTHENTICATOR, READINESS_CHECKS, SERVICE, SETTINGS
+from gateway.http.keys import AUTHENTICATOR, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
 from gateway.http.routes import setup_http
 from gateway.s3.presign import S3PartSigner
 from gateway.s3.sigv4 import Credentials, SigV4Signer
 from gateway.s3.store import S3ObjectStore, s3_client
+from gateway.s3.stream import S3ByteStore
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +39,33 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-def make_signer(settings: Settings) -> SigV4Signer:
+def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
     credentials = Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
-    return SigV4Signer(credentials, settings.s3_region, settings.presign_endpoint_url)
+    return SigV4Signer(credentials, settings.s3_region, endpoint_url)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
+    # Streams PATCH bodies to S3: no total timeout (parts are large), but a stalled socket fails.
+    data_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
+        auto_decompress=False,
+    )
     try:
         async with s3_client(settings) as client:
             store = S3ObjectStore(client, settings.s3_bucket)
             app[POOL] = pool
             app[OBJECT_STORE] = store
-            app[SERVICE] = UploadService(PgUploadRepository(pool), store,
-                                         S3PartSigner(make_signer(settings), settings.s3_bucket),
-                                         limits_from(settings))
+            # Presigned URLs carry the endpoint clients reach; streamed calls use the internal one.
+            service = UploadService(
+                PgUploadRepository(pool), store,
+                S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
+                limits_from(settings))
+            app[SERVICE] = service
+            app[PROXY] = ProxyUploads(service, S3ByteStore(
+                data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket))
 
             async def database_ready() -> None:
                 await pool.fetchval("select 1")
@@ -59,6 +73,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             app[READINESS_CHECKS] = {"postgres": database_ready, "s3": store.ping}
             yield
     finally:
+        await data_session.close()
         await pool.close()
 
 

@@ -1,4 +1,4 @@
-"""`gateway serve | dev | migrate | token`."""
+"""`gateway serve | dev | migrate | token | upload`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import jwt
 from aiohttp import web
 
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, load_settings, parse_size
 
 log = logging.getLogger("gateway")
 
@@ -117,6 +117,37 @@ def token_command(args: argparse.Namespace) -> None:
                      issuer=settings.jwt_issuer or DEV_ISSUER, ttl=args.ttl))
 
 
+def upload_command(args: argparse.Namespace) -> None:
+    """Send a file straight to S3 through presigned part URLs; run it again to resume.
+
+    A client of a gateway, not a gateway: it reads no GATEWAY_* settings but GATEWAY_TOKEN.
+    """
+    from gateway.client import DirectUploader, UploadFailed
+    from gateway.client.console import ProgressBar, summary
+
+    if args.parallel < 1:
+        raise SystemExit("gateway upload: --parallel must be at least 1")
+    # Retries are logged at INFO; printed, they would break the progress line.
+    logging.getLogger("gateway.client").setLevel(logging.WARNING)
+    bar = ProgressBar(sys.stderr)
+    uploader = DirectUploader(args.url, args.file, token=args.token or os.environ.get("GATEWAY_TOKEN"),
+                              parallel=args.parallel, part_size=args.part_size, state_file=args.state_file,
+                              on_progress=bar)
+    started = time.monotonic()
+    try:
+        result = asyncio.run(uploader.upload())
+    except UploadFailed as exc:
+        bar.close()
+        raise SystemExit(f"gateway upload: {exc}") from None
+    except KeyboardInterrupt:
+        bar.close()
+        print("gateway upload: interrupted; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    bar.close()
+    print(summary(args.file, result, time.monotonic() - started), file=sys.stderr)
+    print(result.url)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Resumable upload gateway (tus -> S3)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--subject", default="dev-user")
     token_parser.add_argument("--ttl", type=int, default=3600)
     token_parser.set_defaults(func=token_command)
+    upload_parser = commands.add_parser("upload", help="upload a file straight to S3 (presigned parts, resumable)")
+    upload_parser.add_argument("file")
+    upload_parser.add_argument("--url", required=True, help="the gateway's upload collection, e.g. http://host:8080/files")
+    upload_parser.add_argument("--token", help="bearer token (default: $GATEWAY_TOKEN)")
+    upload_parser.add_argument("--parallel", type=int, default=4, help="parts in flight at once")
+    upload_parser.add_argument("--part-size", type=parse_size, help="part size hint, e.g. 64MiB (the gateway decides)")
+    upload_parser.add_argument("--state-file", help="where to remember uploads for resuming "
+                                                    "(default: ~/.cache/gateway-upload/state.json)")
+    upload_parser.set_defaults(func=upload_command)
     return parser
 
 

@@ -453,22 +453,25 @@ def _rules(action: str) -> list[dict[str, Any]]:
     return rules
 
 
-def test_lifecycle_aborts_multipart_uploads_after_the_gateway_gives_up() -> None:
-    default = Settings()
+def _max_age(gateway_settings: Settings) -> int:
+    """The longest an upload can live: the default, or what the compose file configures."""
+    return max(Settings().upload_max_age, gateway_settings.upload_max_age)
+
+
+def test_lifecycle_aborts_multipart_uploads_after_the_gateway_gives_up(gateway_settings: Settings) -> None:
     for rule in _rules("AbortIncompleteMultipartUpload"):
         days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
         # S3 must not abort an upload the gateway still considers alive.
-        assert days * DAY > default.upload_max_age
-        assert rule["Filter"].get("Prefix", "") in ("", default.s3_key_prefix + "/")
+        assert days * DAY > _max_age(gateway_settings)
+        assert rule["Filter"].get("Prefix", "") in ("", gateway_settings.s3_key_prefix + "/")
 
 
-def test_lifecycle_expires_the_stash() -> None:
-    default = Settings()
-    (rule,) = [r for r in _rules("Expiration") if r["Filter"].get("Prefix") == f"{default.s3_key_prefix}/stash/"]
-    assert rule["Expiration"]["Days"] * DAY > default.upload_max_age
+def test_lifecycle_expires_the_stash(gateway_settings: Settings) -> None:
+    stash = f"{gateway_settings.s3_key_prefix}/stash/"
+    (rule,) = [r for r in _rules("Expiration") if r["Filter"].get("Prefix") == stash]
+    assert rule["Expiration"]["Days"] * DAY > _max_age(gateway_settings)
     # No expiration rule may reach finished uploads: only the stash prefix.
-    assert all(r["Filter"].get("Prefix", "").startswith(f"{default.s3_key_prefix}/stash/")
-               for r in _rules("Expiration"))
+    assert all(r["Filter"].get("Prefix", "").startswith(stash) for r in _rules("Expiration"))
 
 
 def test_nginx_example() -> None:

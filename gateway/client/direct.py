@@ -76,11 +76,12 @@ class DirectUploader:
                 transfer = PartTransfer(api, session, url, self.path, stat, status.plan, missing,
                                         parallel=self.parallel, progress=progress, on_progress=self.on_progress)
                 await transfer.run()
-                sent += sum(status.plan.size(n) for n in missing)
+                sent += progress.sent
                 status = await api.status(url)
             status = await self._completion(api, url, status)
         if status.state == "active":
-            raise UploadFailed(f"parts {status.missing()[:10]} of {url} are still missing; run again to resume")
+            raise UploadFailed(f"{url}: parts {status.missing()[:10]} are still not confirmed after "
+                               f"{MAX_PASSES} passes; run again to resume")
         self.state.forget(key)
         if self.on_progress:
             self.on_progress(stat.st_size, stat.st_size)

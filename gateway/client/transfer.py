@@ -39,6 +39,7 @@ class Progress:
 
     def __init__(self, total: int, done: int) -> None:
         self.total = total
+        self.sent = 0  # bytes S3 accepted from this client in this pass
         self._done = done
         self._sending: dict[int, int] = {}
 
@@ -51,6 +52,11 @@ class Progress:
 
     def finished(self, number: int, size: int) -> None:
         self._sending.pop(number, None)
+        self._done += size
+        self.sent += size
+
+    def skipped(self, size: int) -> None:
+        """A part confirmed by someone else (a reconcile, another run): S3 holds it, we did not send it."""
         self._done += size
 
     def failed(self, number: int) -> None:
@@ -135,7 +141,7 @@ class PartTransfer:
         self._confirms: asyncio.Queue[int | None] = asyncio.Queue()
         # About two URLs per worker: enough that workers rarely wait, few enough to stay fresh.
         self._urls = _Urls(api, upload_url, self._todo, min(MAX_SIGN_BATCH, 2 * parallel),
-                           lambda n: progress.finished(n, plan.size(n)))
+                           lambda n: progress.skipped(plan.size(n)))
 
     async def run(self) -> None:
         try:

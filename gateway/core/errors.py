@@ -48,6 +48,10 @@ class ErrorCode(enum.Enum):
     LENGTH_ALREADY_SET = "length_already_set"
     LENGTH_CONFLICT = "length_conflict"
     COMPLETING = "completing"
+    PATH_CONFLICT = "path_conflict"
+    WRITER_PREEMPTED = "writer_preempted"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    UPLOAD_LOCKED = "upload_locked"
     # dependencies
     STORAGE_UNAVAILABLE = "storage_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"

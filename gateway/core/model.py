@@ -84,6 +84,15 @@ class ConfirmedPart:
 
 
 @dataclass(frozen=True)
+class StashSegment:
+    """Bytes of the next part that a PATCH received but could not yet put into a whole part."""
+    part: int
+    seq: int
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Upload:
     id: str
     owner: Owner
@@ -103,6 +112,14 @@ class Upload:
     needs_reconcile: bool = False
     confirmed_beyond_prefix: tuple[int, ...] = field(default=())
     failure_reason: str | None = None
+    # Signed URLs for parts past the prefix that can still be used (the direct path is in flight).
+    signed_parts_live: bool = False
+    writer_gen: int = 0
+    stash: tuple[StashSegment, ...] = field(default=())
+
+    @property
+    def stash_bytes(self) -> int:
+        return sum(segment.size for segment in self.stash)
 
     @property
     def part_count(self) -> int | None:
@@ -116,10 +133,10 @@ class Upload:
 
     @property
     def offset(self) -> int:
-        """Bytes of the longest prefix of parts S3 is known to hold."""
+        """Bytes of the longest prefix of parts S3 is known to hold, plus the stashed bytes of the next."""
         if self.state in (State.COMPLETING, State.COMPLETED):
             return self.length or 0
-        done = self.prefix_parts * self.part_size
+        done = self.prefix_parts * self.part_size + self.stash_bytes
         return done if self.length is None else min(done, self.length)
 
     def part_range(self, number: int) -> tuple[int, int]:
@@ -128,6 +145,11 @@ class Upload:
         if self.length is None:
             return start, self.part_size
         return start, min(self.part_size, self.length - start)
+
+    @property
+    def limit(self) -> int:
+        """No byte may be written at or past this offset."""
+        return self.length if self.length is not None else self.max_length
 
     def is_confirmed(self, number: int) -> bool:
         return number <= self.prefix_parts or number in self.confirmed_beyond_prefix

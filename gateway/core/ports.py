@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from gateway.core.model import ConfirmedPart, Owner, PartChecksum, State, Upload
+from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,21 @@ class UploadRepository(Protocol):
         """Set a deferred length once; None if the length was already set or the upload is not active."""
         ...
 
-    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int) -> ConfirmResult:
-        """Record parts S3 holds, advance the prefix, move to `completing` when it covers the length."""
+    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int,
+                            writer_gen: int | None = None) -> ConfirmResult | None:
+        """Record parts S3 holds, advance the prefix, drop the stash of committed parts, move to
+        `completing` when the prefix covers the length. With writer_gen: only while that PATCH is
+        still the upload's writer (None otherwise)."""
+        ...
+
+    async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
+        """Make the caller the upload's only writer if the offset still matches; None otherwise."""
+        ...
+
+    async def add_stash(self, upload_id: str, writer_gen: int, segment: StashSegment, ttl: int) -> Upload | None: ...
+
+    async def replace_stash(self, upload_id: str, writer_gen: int, segment: StashSegment) -> bool:
+        """Replace all stash segments of segment.part by one (compaction)."""
         ...
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
@@ -112,6 +125,21 @@ class ObjectStore(Protocol):
     async def delete_object(self, key: str) -> None: ...
 
     async def head_object(self, key: str) -> ObjectHead | None: ...
+
+
+class ByteStore(Protocol):
+    """The data plane of the proxy path: request bodies streamed into S3 with bounded memory."""
+
+    async def upload_part(self, key: str, multipart_id: str, number: int, size: int,
+                          body: AsyncIterator[bytes]) -> str:
+        """Stream exactly `size` bytes as part `number`; returns the ETag."""
+        ...
+
+    async def put_object(self, key: str, size: int, body: AsyncIterator[bytes]) -> None: ...
+
+    def read_object(self, key: str) -> AsyncIterator[bytes]: ...
+
+    async def delete_objects(self, keys: Sequence[str]) -> None: ...
 
 
 class CompleteRefused(Exception):

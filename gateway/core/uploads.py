@@ -98,7 +98,7 @@ class UploadService:
 
     # -- lookup -------------------------------------------------------------------------------------
 
-    async def _load(self, upload_id: str, owner: Owner) -> Upload:
+    async def load(self, upload_id: str, owner: Owner) -> Upload:
         upload = await self.repo.get(upload_id)
         # Another owner's upload is indistinguishable from a missing one.
         if upload is None or upload.owner != owner:
@@ -106,7 +106,7 @@ class UploadService:
         return upload
 
     @staticmethod
-    def _ensure_alive(upload: Upload) -> None:
+    def ensure_alive(upload: Upload) -> None:
         """Terminated, expired and failed uploads are tombstones: 410 for everything but DELETE."""
         if upload.state is State.TERMINATED:
             raise UploadError(ErrorCode.GONE, "the upload was terminated")
@@ -116,8 +116,8 @@ class UploadService:
             raise UploadError(ErrorCode.UPLOAD_FAILED, f"the upload failed: {upload.failure_reason}")
 
     async def _load_active(self, upload_id: str, owner: Owner) -> Upload:
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.state is not State.ACTIVE:
             raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete")
         return upload
@@ -156,8 +156,8 @@ class UploadService:
 
     async def status(self, upload_id: str, owner: Owner) -> Upload:
         """HEAD: from Postgres, plus a best-effort reconcile that never fails the request."""
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.needs_reconcile:
             try:
                 upload = await asyncio.wait_for(self._reconcile(upload), self.limits.head_reconcile_timeout)
@@ -166,8 +166,8 @@ class UploadService:
         return upload
 
     async def list_parts(self, upload_id: str, owner: Owner) -> tuple[Upload, list[ConfirmedPart]]:
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.needs_reconcile:
             upload = await self._reconcile(upload)
         return upload, await self.repo.confirmed_parts(upload.id)
@@ -175,7 +175,7 @@ class UploadService:
     # -- terminate ----------------------------------------------------------------------------------
 
     async def terminate(self, upload_id: str, owner: Owner) -> None:
-        upload = await self._load(upload_id, owner)
+        upload = await self.load(upload_id, owner)
         if upload.state is State.TERMINATED:
             return  # a repeated DELETE after a lost response
         ended = await self.repo.terminate(upload_id)
@@ -197,8 +197,11 @@ class UploadService:
         if len(requests) > self.limits.sign_batch_max:
             raise UploadError(ErrorCode.BATCH_TOO_LARGE, f"at most {self.limits.sign_batch_max} parts per request")
         upload = await self._load_active(upload_id, owner)
+        if upload.stash:
+            raise UploadError(ErrorCode.PATH_CONFLICT,
+                              "this upload has bytes from PATCH requests inside a part; continue with PATCH")
         if length is not None:
-            upload = await self._declare_length(upload, length)
+            upload = await self.declare_length(upload, length)
         numbers = [r.number for r in requests]
         if len(set(numbers)) != len(numbers):
             raise UploadError(ErrorCode.INVALID_REQUEST, "a part number appears twice")
@@ -257,7 +260,7 @@ class UploadService:
                               f"part {request.number}: checksum is not a base64 {algorithm.value} digest")
         return CHECKSUM_HEADERS[algorithm], request.checksum
 
-    async def _declare_length(self, upload: Upload, length: int) -> Upload:
+    async def declare_length(self, upload: Upload, length: int) -> Upload:
         if upload.length is not None:
             if upload.length == length:
                 return upload
@@ -277,15 +280,15 @@ class UploadService:
         if declared is None:
             raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
         if declared.state is State.COMPLETING:
-            await self._complete(declared)
+            await self.complete_in_request(declared)
         return declared
 
     # -- confirm ------------------------------------------------------------------------------------
 
     async def confirm(self, upload_id: str, owner: Owner, numbers: Iterable[int]) -> Upload:
         wanted = sorted(set(numbers))
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.state in (State.COMPLETING, State.COMPLETED):
             return upload  # idempotent: offset == length
         unknown = [n for n in wanted if not upload.valid_part_number(n)]
@@ -315,8 +318,8 @@ class UploadService:
 
     async def _after_vanished_multipart(self, upload_id: str, owner: Owner) -> Upload:
         """NoSuchUpload while confirming: usually a concurrent confirm just completed the upload."""
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.state in (State.COMPLETING, State.COMPLETED):
             return upload
         raise UploadError(ErrorCode.UPLOAD_FAILED, "the S3 multipart upload no longer exists")
@@ -327,8 +330,10 @@ class UploadService:
 
     async def _record(self, upload: Upload, parts: Sequence[ConfirmedPart]) -> Upload:
         result = await self.repo.confirm_parts(upload.id, parts, self.limits.upload_ttl)
+        if result is None:
+            raise _not_found()
         if result.started_completing:
-            await self._complete(result.upload)
+            await self.complete_in_request(result.upload)
             return result.upload
         return result.upload
 
@@ -394,7 +399,7 @@ class UploadService:
 
     # -- complete -----------------------------------------------------------------------------------
 
-    async def _complete(self, upload: Upload) -> None:
+    async def complete_in_request(self, upload: Upload) -> None:
         """Run CompleteMultipartUpload for the caller that moved the upload to `completing`.
 
         Shielded so a client disconnect cannot split S3's answer from the row update; on a timeout
@@ -450,8 +455,8 @@ class UploadService:
     # -- download -----------------------------------------------------------------------------------
 
     async def download(self, upload_id: str, owner: Owner) -> Download:
-        upload = await self._load(upload_id, owner)
-        self._ensure_alive(upload)
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
         if upload.state is State.COMPLETING:
             raise UploadError(ErrorCode.NOT_READY, "the upload is being completed", retry_after=RETRY_AFTER_COMPLETING)
         if upload.state is not State.COMPLETED:

@@ -8,20 +8,30 @@ from datetime import datetime
 
 import asyncpg
 
-from gateway.core.model import ConfirmedPart, Owner, PartChecksum, State, Upload
+from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
 from gateway.core.ports import ConfirmResult, NewUpload
 from gateway.db.errors import translate_db_errors
 
-# Columns every read returns; derived flags use the database clock, never an instance's.
-_SELECT = """
+_STASH_JSON = """(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
+     from upload_stash s where s.upload_id = u.id)"""
+_CONFIRMED_BEYOND = """array(select p.number from upload_parts p
+          where p.upload_id = u.id and p.number > u.prefix_parts order by p.number)"""
+
+
+def _select(confirmed_beyond: str = _CONFIRMED_BEYOND, stash: str = _STASH_JSON) -> str:
+    """Columns every read returns; derived flags use the database clock, never an instance's."""
+    return f"""
     u.*,
     (u.state = 'active' and u.expires_at <= now()) as is_expired,
     (u.state = 'active' and u.signed_max_part > u.prefix_parts
         and (u.reconciled_at is null or u.reconciled_at < u.signed_until + interval '1 hour')) as needs_reconcile,
-    array(select p.number from upload_parts p
-          where p.upload_id = u.id and p.number > u.prefix_parts order by p.number) as confirmed_beyond
+    (u.signed_max_part > u.prefix_parts and u.signed_until > now()) as signed_parts_live,
+    {confirmed_beyond} as confirmed_beyond,
+    {stash} as stash
 """
 
+
+_SELECT = _select()
 _GET = f"select {_SELECT} from uploads u where u.id = $1"
 
 _INSERT = f"""
@@ -73,9 +83,39 @@ _DECLARE_LENGTH = _returning("""
 """)
 
 _CONFIRM = f"""
-    select {_SELECT}, c.started_completing
-    from confirm_parts($1, $2::integer[], $3::bigint[], $4::text[], $5::text[], $6) c,
+    select {_select("c.confirmed_beyond", "c.stash")}, c.started_completing
+    from confirm_parts($1, $2::integer[], $3::bigint[], $4::text[], $5::text[], $6, $7) c,
          lateral (select (c.upload_row).*) u
+"""
+
+# A new writer preempts the current one; signed parts past the prefix stop counting for reconcile,
+# since the proxy path may now write those part numbers.
+_CLAIM_WRITER = _returning("""
+    update uploads u set writer_gen = writer_gen + 1, signed_max_part = prefix_parts,
+                         expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
+                         updated_at = now()
+    where id = $1 and state = 'active' and expires_at > now()
+      and prefix_parts * part_size + (select coalesce(sum(size), 0) from upload_stash s where s.upload_id = u.id) = $2
+""")
+
+_ADD_STASH = """
+    with fenced as (
+        update uploads set updated_at = now(),
+                           expires_at = least(now() + make_interval(secs => $7::float8), max_expires_at)
+        where id = $1 and writer_gen = $2 and state = 'active'
+        returning id
+    )
+    insert into upload_stash (upload_id, part_number, seq, s3_key, size)
+    select id, $3, $4, $5, $6 from fenced
+    returning 1
+"""
+
+_REPLACE_STASH = """
+    with fenced as (select id from uploads where id = $1 and writer_gen = $2 and state = 'active' for update),
+    dropped as (delete from upload_stash where upload_id in (select id from fenced) and part_number = $3)
+    insert into upload_stash (upload_id, part_number, seq, s3_key, size)
+    select id, $3, $4, $5, $6 from fenced
+    returning 1
 """
 
 _CLAIM_RECONCILE = """
@@ -125,6 +165,9 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         needs_reconcile=row["needs_reconcile"],
         confirmed_beyond_prefix=tuple(row["confirmed_beyond"]),
         failure_reason=row["failure_reason"],
+        signed_parts_live=row["signed_parts_live"],
+        writer_gen=row["writer_gen"],
+        stash=tuple(StashSegment(*segment) for segment in json.loads(row["stash"])),
     )
 
 
@@ -159,14 +202,29 @@ class PgUploadRepository:
     async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
         return await self._fetch_upload(_DECLARE_LENGTH, upload_id, length, ttl)
 
-    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int) -> ConfirmResult:
+    async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int,
+                            writer_gen: int | None = None) -> ConfirmResult | None:
         async with translate_db_errors():
             row = await self.pool.fetchrow(
                 _CONFIRM, upload_id, [p.number for p in parts], [p.size for p in parts],
-                [p.etag for p in parts], [p.checksum for p in parts], ttl)
-        if row is None:
-            raise LookupError(upload_id)
-        return ConfirmResult(_to_upload(row), row["started_completing"])
+                [p.etag for p in parts], [p.checksum for p in parts], ttl, writer_gen)
+        return ConfirmResult(_to_upload(row), row["started_completing"]) if row else None
+
+    async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
+        return await self._fetch_upload(_CLAIM_WRITER, upload_id, offset, ttl)
+
+    async def add_stash(self, upload_id: str, writer_gen: int, segment: StashSegment, ttl: int) -> Upload | None:
+        # Two statements in one transaction: a statement cannot read the stash row it inserts.
+        async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
+            added = await conn.fetchval(_ADD_STASH, upload_id, writer_gen, segment.part, segment.seq, segment.key,
+                                        segment.size, ttl)
+            row = await conn.fetchrow(_GET, upload_id) if added else None
+        return _to_upload(row) if row else None
+
+    async def replace_stash(self, upload_id: str, writer_gen: int, segment: StashSegment) -> bool:
+        async with translate_db_errors():
+            return await self.pool.fetchval(_REPLACE_STASH, upload_id, writer_gen, segment.part, segment.seq,
+                                            segment.key, segment.size) is not None
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
         async with translate_db_errors():

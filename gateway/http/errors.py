@@ -48,6 +48,10 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.LENGTH_ALREADY_SET: 400,
     ErrorCode.LENGTH_CONFLICT: 409,
     ErrorCode.COMPLETING: 409,
+    ErrorCode.PATH_CONFLICT: 409,
+    ErrorCode.WRITER_PREEMPTED: 409,
+    ErrorCode.CHECKSUM_MISMATCH: 460,
+    ErrorCode.UPLOAD_LOCKED: 423,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
 }

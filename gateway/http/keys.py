@@ -8,11 +8,13 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.core.model import Owner
+from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import UploadService
 from gateway.http.auth import Authenticator
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", UploadService)
+PROXY = web.AppKey("proxy", ProxyUploads)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Named probes of the dependencies for /readyz: each raises when its dependency does not answer.
 READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Callable[[], Awaitable[None]]])

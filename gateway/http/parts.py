@@ -11,7 +11,7 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import Upload
 from gateway.core.uploads import PartRequest
 from gateway.http.keys import SERVICE
-from gateway.http.tus import owner_of
+from gateway.http.common import owner_of
 
 MAX_JSON_BODY = 256 * 1024
 

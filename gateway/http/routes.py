@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import parts, tus
+from gateway.http import parts, patch, tus
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS
@@ -71,7 +71,8 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     upload.add_route("OPTIONS", tus.options)
     upload.add_route("HEAD", tus.head)
     upload.add_route("DELETE", tus.delete)
-    upload.add_route("POST", tus.method_override({"HEAD": tus.head, "DELETE": tus.delete}))
+    upload.add_route("PATCH", patch.patch)
+    upload.add_route("POST", tus.method_override({"HEAD": tus.head, "PATCH": patch.patch, "DELETE": tus.delete}))
 
     # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
     download = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="download")

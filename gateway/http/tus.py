@@ -2,51 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 
 from aiohttp import web
 
+from gateway.core.checksums import ALGORITHMS
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, Owner, PartChecksum, Upload
-from gateway.http.keys import OWNER, SERVICE, SETTINGS
+from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, PartChecksum, Upload
+from gateway.http.common import DIGITS, owner_of, parse_non_negative, upload_url
+from gateway.http.keys import SERVICE, SETTINGS
+from gateway.http.patch import has_upload_body, upload_during_creation
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,creation-defer-length,expiration,termination,presigned-parts"
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-
+TUS_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,"
+                  "presigned-parts")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def owner_of(request: web.Request) -> Owner:
-    owner: Owner = request[OWNER]
-    return owner
-
-
-def upload_url(request: web.Request, upload_id: str) -> str:
-    settings = request.app[SETTINGS]
-    path = f"{settings.base_path}/{upload_id}"
-    if settings.public_url:
-        return settings.public_url + path
-    return str(request.url.with_path(path).with_query(None))
-
-
-def parse_non_negative(request: web.Request, name: str) -> int | None:
-    raw = request.headers.get(name)
-    if raw is None:
-        return None
-    if not _DIGITS.match(raw.strip()):
-        code = ErrorCode.INVALID_OFFSET if name == "Upload-Offset" else ErrorCode.INVALID_UPLOAD_LENGTH
-        raise UploadError(code, f"{name} must be a non-negative integer")
-    return int(raw.strip())
 
 
 def _parse_part_size_hint(request: web.Request) -> int | None:
     raw = request.headers.get("Upload-Part-Size")
     if raw is None:
         return None
-    if not _DIGITS.match(raw.strip()):
+    if not DIGITS.match(raw.strip()):
         raise UploadError(ErrorCode.INVALID_PART_SIZE, "Upload-Part-Size must be a number of bytes")
     value = int(raw)
     if not S3_MIN_PART_SIZE <= value <= S3_MAX_PART_SIZE:
@@ -91,6 +69,7 @@ async def options(request: web.Request) -> web.Response:
         "Tus-Version": TUS_VERSION,
         "Tus-Extension": TUS_EXTENSIONS,
         "Tus-Max-Size": str(settings.max_upload_size),
+        "Tus-Checksum-Algorithm": ",".join(ALGORITHMS),
     })
 
 
@@ -108,6 +87,8 @@ async def create(request: web.Request) -> web.Response:
     upload = await request.app[SERVICE].create(
         owner_of(request), length=length, metadata_header=request.headers.get("Upload-Metadata"),
         part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request))
+    if has_upload_body(request) and upload.length != 0:
+        upload = await upload_during_creation(request, upload)
     headers = upload_headers(upload)
     headers["Location"] = upload_url(request, upload.id)
     return web.Response(status=201, headers=headers)

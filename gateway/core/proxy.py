@@ -1,0 +1,294 @@
+"""The proxy path (DESIGN §3.3): tus PATCH bodies streamed into the upload's fixed S3 parts.
+
+- Bytes flow from the request into `UploadPart` (or a stash segment) with bounded memory; no
+  database connection is held meanwhile.
+- A part is committed once S3 holds all of it. A PATCH that arrives whole but ends inside a part
+  leaves its tail as an immutable stash segment, so any client chunk size makes progress and
+  another instance can continue. A dropped connection or a chunked body keeps only what reached a
+  committed part or stash boundary; the offset in the answer says so.
+- One writer per upload: claiming the upload bumps `writer_gen`; every commit is fenced on it, so a
+  preempted PATCH cannot move the offset.
+- With `Upload-Checksum` nothing is committed until the whole body is verified: parts written to
+  S3 meanwhile are "dirty" and never counted (reconcile only promotes signed parts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.core.checksums import new_hasher
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import ConfirmedPart, Owner, StashSegment, State, Upload
+from gateway.core.ports import ByteStore
+from gateway.core.uploads import UploadService
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+# More segments than this for one part are merged into one (bounds the reads a later commit needs).
+STASH_COMPACT_AFTER = 16
+
+
+class RequestBody(Protocol):
+    """A request body as the core sees it; the http layer adapts aiohttp's stream."""
+
+    length: int | None
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes, b"" at the end. Raises BodyInterrupted on a drop or idle timeout."""
+        ...
+
+
+class BodyInterrupted(Exception):
+    """The client stopped sending: the connection dropped or stayed idle too long."""
+
+
+@dataclass(frozen=True)
+class ExpectedChecksum:
+    algorithm: str
+    digest: bytes
+
+
+class _Source:
+    """Hands out exact byte counts from the body, hashing what passes when a checksum is expected."""
+
+    def __init__(self, body: RequestBody, checksum: ExpectedChecksum | None) -> None:
+        self.body = body
+        self.hasher = new_hasher(checksum.algorithm) if checksum else None
+        self.buffer = b""
+        self.received = 0
+        self.ended = False
+        self.interrupted = False
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.body.length is None else self.body.length - self.received
+
+    async def has_more(self) -> bool:
+        if self.buffer:
+            return True
+        if self.ended:
+            return False
+        try:
+            self.buffer = await self.body.read(READ_SIZE)
+        except BodyInterrupted:
+            self.interrupted = True
+            self.buffer = b""
+        self.ended = not self.buffer
+        return not self.ended
+
+    async def take(self, count: int) -> AsyncIterator[bytes]:
+        """Exactly `count` bytes; stops the S3 request (by raising) if the body ends first."""
+        left = count
+        while left:
+            if not await self.has_more():
+                self.interrupted = True
+                raise BodyInterrupted(f"body ended {left} bytes early")
+            piece, self.buffer = self.buffer[:left], self.buffer[left:]
+            left -= len(piece)
+            self.received += len(piece)
+            if self.hasher:
+                self.hasher.update(piece)
+            yield piece
+
+
+class ProxyUploads:
+    def __init__(self, service: UploadService, data: ByteStore) -> None:
+        self.service = service
+        self.data = data
+
+    async def patch(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
+                    declared_length: int | None = None, checksum: ExpectedChecksum | None = None) -> Upload:
+        service = self.service
+        upload = await service.load(upload_id, owner)
+        service.ensure_alive(upload)
+        if upload.state is not State.ACTIVE:
+            if offset == upload.offset and declared_length in (None, upload.length):
+                return upload  # a retried final PATCH: 204 without reading the body
+            raise _offset_mismatch(upload)
+        if offset != upload.offset:
+            raise _offset_mismatch(upload)
+        if upload.signed_parts_live or upload.confirmed_beyond_prefix:
+            raise UploadError(ErrorCode.PATH_CONFLICT,
+                              "parts of this upload are being uploaded with presigned URLs; continue that way")
+        if declared_length is not None:
+            upload = await service.declare_length(upload, declared_length)
+            if upload.state is not State.ACTIVE:
+                return upload
+        limit = min(upload.limit, service.limits.max_upload_size)
+        if body.length is not None and offset + body.length > limit:
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the body goes past the upload's end ({limit} bytes)")
+        claimed = await service.repo.claim_writer(upload.id, offset, service.limits.upload_ttl)
+        if claimed is None:
+            current = await service.load(upload_id, owner)
+            service.ensure_alive(current)
+            raise _offset_mismatch(current)
+        return await _Patch(self, claimed, _Source(body, checksum), checksum, limit).run()
+
+
+def _offset_mismatch(upload: Upload) -> UploadError:
+    return UploadError(ErrorCode.OFFSET_MISMATCH, f"Upload-Offset must be {upload.offset}",
+                       details={"offset": upload.offset})
+
+
+class _Patch:
+    """One PATCH request's walk through the parts it fills."""
+
+    def __init__(self, proxy: ProxyUploads, upload: Upload, source: _Source,
+                 checksum: ExpectedChecksum | None, limit: int) -> None:
+        self.service = proxy.service
+        self.data = proxy.data
+        self.upload = upload
+        self.gen = upload.writer_gen
+        self.source = source
+        self.checksum = checksum
+        self.limit = limit
+        self.ttl = proxy.service.limits.upload_ttl
+        self.stash = list(upload.stash)
+        self.next_part = upload.prefix_parts + 1
+        self.written = upload.offset
+        self.seq = max((s.seq for s in upload.stash), default=0)
+        # With a checksum, commits wait until the body is verified.
+        self.held_parts: list[ConfirmedPart] = []
+        self.held_stash: StashSegment | None = None
+        self.superseded: list[str] = []
+
+    async def run(self) -> Upload:
+        await self._stream()
+        if self.source.interrupted:
+            log.info("PATCH on %s ended early; kept %d bytes", self.upload.id, self.written)
+        if self.checksum is not None:
+            await self._verify_and_commit()
+        if self.source.remaining is None and self.written >= self.limit and await self.source.has_more():
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, "the body goes past the upload's end")
+        await self._discard(self.superseded)
+        return self.upload
+
+    async def _stream(self) -> None:
+        upload = self.upload
+        while upload.part_count is None or self.next_part <= upload.part_count:
+            part_length = upload.part_range(self.next_part)[1]
+            need = part_length - sum(s.size for s in self.stash)
+            remaining = self.source.remaining
+            # need == 0: a length declaration made the stash a whole (final) part.
+            if need > 0 and (self.written >= self.limit or remaining == 0
+                             or (remaining is None and not await self.source.has_more())):
+                return
+            if remaining is not None and remaining < need:
+                await self._write_stash(remaining)
+                return
+            if not await self._write_part(part_length, need):
+                return
+
+    async def _write_part(self, part_length: int, need: int) -> bool:
+        body = self._chain(self.stash, self.source.take(need) if need else None)
+        try:
+            etag = await self.data.upload_part(self.upload.key, self.upload.multipart_id or "", self.next_part,
+                                               part_length, body)
+        except Exception:
+            if self.source.interrupted:
+                return False  # bytes after the last boundary are dropped; the offset says so
+            raise
+        part = ConfirmedPart(self.next_part, part_length, etag)
+        self.superseded.extend(s.key for s in self.stash)
+        self.stash = []
+        self.next_part += 1
+        self.written += need
+        if self.checksum is not None:
+            self.held_parts.append(part)
+        else:
+            await self._commit_parts([part])
+        return True
+
+    async def _write_stash(self, size: int) -> None:
+        segment = self._new_segment(size)
+        try:
+            await self.data.put_object(segment.key, size, self.source.take(size))
+        except Exception:
+            if self.source.interrupted:
+                return
+            raise
+        self.written += size
+        if self.checksum is not None:
+            self.held_stash = segment
+            return
+        await self._commit_stash(segment)
+
+    def _new_segment(self, size: int) -> StashSegment:
+        self.seq += 1
+        prefix = self.service.limits.key_prefix
+        key = "/".join(p for p in (prefix, "stash", self.upload.id, str(self.next_part),
+                                   f"{self.gen}-{self.seq}") if p)
+        return StashSegment(self.next_part, self.seq, key, size)
+
+    async def _chain(self, segments: Sequence[StashSegment], tail: AsyncIterator[bytes] | None
+                     ) -> AsyncIterator[bytes]:
+        for segment in segments:
+            async for chunk in self.data.read_object(segment.key):
+                yield chunk
+        if tail is not None:
+            async for chunk in tail:
+                yield chunk
+
+    async def _commit_parts(self, parts: list[ConfirmedPart]) -> None:
+        result = await self.service.repo.confirm_parts(self.upload.id, parts, self.ttl, writer_gen=self.gen)
+        if result is None:
+            raise _preempted()
+        self.upload = result.upload
+        if result.started_completing:
+            await self.service.complete_in_request(result.upload)
+
+    async def _commit_stash(self, segment: StashSegment) -> None:
+        upload = await self.service.repo.add_stash(self.upload.id, self.gen, segment, self.ttl)
+        if upload is None:
+            await self._discard([segment.key])
+            raise _preempted()
+        self.upload = upload
+        self.stash.append(segment)
+        if len(self.stash) > STASH_COMPACT_AFTER:
+            await self._compact()
+
+    async def _compact(self) -> None:
+        """Merge the part's segments into one, streamed S3 to S3 through this process."""
+        old = self.stash
+        merged = self._new_segment(sum(s.size for s in old))
+        await self.data.put_object(merged.key, merged.size, self._chain(old, None))
+        if not await self.service.repo.replace_stash(self.upload.id, self.gen, merged):
+            await self._discard([merged.key])
+            raise _preempted()
+        self.stash = [merged]
+        self.superseded.extend(s.key for s in old)
+
+    async def _verify_and_commit(self) -> None:
+        assert self.checksum is not None and self.source.hasher is not None
+        complete = not self.source.interrupted and (await self._drained())
+        if not complete or self.source.hasher.digest() != self.checksum.digest:
+            await self._discard([self.held_stash.key] if self.held_stash else [])
+            self.held_parts, self.held_stash, self.superseded = [], None, []
+            if complete:
+                raise UploadError(ErrorCode.CHECKSUM_MISMATCH,
+                                  f"the body does not match its {self.checksum.algorithm} checksum; it was discarded")
+            return
+        if self.held_parts:
+            await self._commit_parts(self.held_parts)
+        if self.held_stash is not None:
+            await self._commit_stash(self.held_stash)
+
+    async def _drained(self) -> bool:
+        """A checksum covers the whole body: it only counts if no byte is left unread."""
+        return not await self.source.has_more()
+
+    async def _discard(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        try:
+            await self.data.delete_objects(keys)
+        except UploadError as exc:  # the stash prefix's lifecycle rule removes leftovers
+            log.warning("could not delete superseded stash objects of %s: %s", self.upload.id, exc)
+
+
+def _preempted() -> UploadError:
+    return UploadError(ErrorCode.WRITER_PREEMPTED, "a newer request took over this upload; resume from HEAD")

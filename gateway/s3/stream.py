@@ -1,0 +1,89 @@
+"""The data plane of the proxy path: bodies streamed into S3 through our own SigV4 signer.
+
+aiobotocore cannot stream a request body into UploadPart (botocore wants a seekable body, hashes it
+and adds a CRC32), so PUTs go out over aiohttp with `UNSIGNED-PAYLOAD`, an explicit Content-Length
+and no retries: a retry is the client resuming.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from xml.sax.saxutils import escape
+
+import aiohttp
+from yarl import URL
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.s3.sigv4 import SigV4Signer
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+
+
+def _storage_error(operation: str, detail: str) -> UploadError:
+    log.warning("S3 %s failed: %s", operation, detail)
+    return UploadError(ErrorCode.STORAGE_UNAVAILABLE, f"storage error during {operation}; retry shortly",
+                       retry_after=2)
+
+
+class S3ByteStore:
+    def __init__(self, session: aiohttp.ClientSession, signer: SigV4Signer, bucket: str) -> None:
+        self.session = session
+        self.signer = signer
+        self.bucket = bucket
+
+    async def _request(self, method: str, key: str, *, query: dict[str, str] | None = None,
+                       headers: dict[str, str] | None = None, body: AsyncIterator[bytes] | bytes | None = None,
+                       operation: str) -> aiohttp.ClientResponse:
+        signed = self.signer.sign_headers(method, self.bucket, key, query=query, headers=headers or {})
+        url = URL(self.signer.url(self.bucket, key, query), encoded=True)
+        try:
+            response = await self.session.request(method, url, headers=signed, data=body)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _storage_error(operation, repr(exc)) from exc
+        return response
+
+    async def _put(self, key: str, size: int, body: AsyncIterator[bytes], query: dict[str, str] | None,
+                   operation: str) -> str:
+        response = await self._request("PUT", key, query=query, headers={"Content-Length": str(size)}, body=body,
+                                       operation=operation)
+        async with response:
+            text = await response.text()
+            if response.status != 200:
+                raise _storage_error(operation, f"{response.status} {text[:300]}")
+            return response.headers.get("ETag", "")
+
+    async def upload_part(self, key: str, multipart_id: str, number: int, size: int,
+                          body: AsyncIterator[bytes]) -> str:
+        return await self._put(key, size, body, {"partNumber": str(number), "uploadId": multipart_id}, "UploadPart")
+
+    async def put_object(self, key: str, size: int, body: AsyncIterator[bytes]) -> None:
+        await self._put(key, size, body, None, "PutObject")
+
+    async def read_object(self, key: str) -> AsyncIterator[bytes]:
+        response = await self._request("GET", key, operation="GetObject")
+        async with response:
+            if response.status != 200:
+                raise _storage_error("GetObject", f"{response.status} {(await response.text())[:300]}")
+            async for chunk in response.content.iter_chunked(READ_CHUNK):
+                yield chunk
+
+    async def delete_objects(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            xml = "<Delete><Quiet>true</Quiet>" + "".join(
+                f"<Object><Key>{escape(k)}</Key></Object>" for k in batch) + "</Delete>"
+            payload = xml.encode()
+            # DeleteObjects requires Content-MD5.
+            headers = {"Content-MD5": base64.b64encode(hashlib.md5(payload).digest()).decode(),
+                       "Content-Length": str(len(payload))}
+            response = await self._request("POST", "", query={"delete": ""}, headers=headers, body=payload,
+                                           operation="DeleteObjects")
+            async with response:
+                text = await response.text()
+                if response.status != 200 or "<Error>" in text:
+                    raise _storage_error("DeleteObjects", f"{response.status} {text[:300]}")

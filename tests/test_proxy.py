@@ -1,0 +1,246 @@
+"""The proxy path: tus PATCH bytes streamed into S3 parts, stashes, one writer, checksums."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import Gateway, auth, upload_id
+from tests.direct import MiB, put_part, sha256, sign_ok, stored_bytes
+
+PART = 5 * MiB
+HINT = {"Upload-Part-Size": str(PART)}
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+async def patch(gw: Gateway, location: str, offset: int, data: bytes, **headers: str) -> tuple[int, dict]:
+    async with gw.http.patch(location, data=data, headers={**auth(), **OCTETS, "Upload-Offset": str(offset),
+                                                           **headers}) as response:
+        body = await response.read()
+        return response.status, {**response.headers, "_body": body}
+
+
+async def upload_in_chunks(gw: Gateway, location: str, data: bytes, chunk: int) -> None:
+    offset = 0
+    while offset < len(data):
+        status, headers = await patch(gw, location, offset, data[offset:offset + chunk])
+        assert status == 204, headers
+        assert int(headers["Upload-Offset"]) == min(offset + chunk, len(data))
+        assert "Upload-Expires" in headers
+        offset += chunk
+
+
+async def stored(db, s3, location: str) -> bytes:  # type: ignore[no-untyped-def]
+    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
+    assert row["state"] == "completed"
+    return stored_bytes(s3, row["bucket"], row["s3_key"])
+
+
+@pytest.mark.parametrize("chunk", [1 * MiB + 17, PART, 2 * PART + 3, 64 * MiB])
+async def test_any_chunk_size(gateway: Gateway, db, s3, chunk: int) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * PART + 4321)
+    location = await gateway.create(len(data), **HINT)
+    await upload_in_chunks(gateway, location, data, chunk)
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+    # Superseded stash segments are gone once their part is committed.
+    assert await db.fetchval("select count(*) from upload_stash where upload_id = $1", upload_id(location)) == 0
+
+
+async def test_stash_counts_in_offset_and_is_compacted(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(PART + 10)
+    location = await gateway.create(len(data), **HINT)
+    chunk = 200 * 1024
+    offset = 0
+    for _ in range(20):  # 20 small chunks inside part 1: more than 16 segments get merged
+        status, headers = await patch(gateway, location, offset, data[offset:offset + chunk])
+        assert status == 204
+        offset += chunk
+        assert int(headers["Upload-Offset"]) == offset
+    segments = await db.fetch("select size from upload_stash where upload_id = $1", upload_id(location))
+    assert len(segments) <= 16 and sum(r["size"] for r in segments) == offset
+    async with gateway.http.head(location, headers=auth()) as response:
+        assert response.headers["Upload-Offset"] == str(offset)
+    status, _ = await patch(gateway, location, offset, data[offset:])
+    assert status == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({"Content-Type": "application/octet-stream"}, 415, "invalid_content_type"),
+    ({"Upload-Offset": "5"}, 409, "offset_mismatch"),
+    ({"Upload-Offset": "x"}, 400, "invalid_offset"),
+    ({"Upload-Checksum": "sha3 AAAA"}, 400, "invalid_checksum_algorithm"),
+    ({"Upload-Checksum": "sha1 !!!"}, 400, "invalid_request"),
+    ({"Upload-Length": "100"}, 400, "length_already_set"),
+])
+async def test_bad_patches_change_nothing(gateway: Gateway, db, headers: dict, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    location = await gateway.create(1000)
+    request = {**auth(), **OCTETS, "Upload-Offset": "0", **headers}
+    async with gateway.http.patch(location, data=b"x" * 10, headers=request) as response:
+        assert response.status == status
+        assert (await response.json())["error"]["code"] == code
+    row = await db.fetchrow("select prefix_parts, writer_gen from uploads where id = $1", upload_id(location))
+    assert row["prefix_parts"] == 0
+    assert await db.fetchval("select count(*) from upload_stash where upload_id = $1", upload_id(location)) == 0
+
+
+async def test_body_past_length_is_413(gateway: Gateway) -> None:
+    location = await gateway.create(100)
+    status, headers = await patch(gateway, location, 0, b"x" * 101)
+    assert status == 413
+
+
+async def test_missing_offset_is_400(gateway: Gateway) -> None:
+    location = await gateway.create(100)
+    async with gateway.http.patch(location, data=b"x", headers={**auth(), **OCTETS}) as response:
+        assert response.status == 400
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "crc32"])
+async def test_checksum_verified(gateway: Gateway, db, s3, algorithm: str) -> None:  # type: ignore[no-untyped-def]
+    import zlib
+
+    def digest(chunk: bytes) -> str:
+        raw = zlib.crc32(chunk).to_bytes(4, "big") if algorithm == "crc32" else hashlib.new(algorithm, chunk).digest()
+        return base64.b64encode(raw).decode()
+
+    data = os.urandom(PART + 1000)
+    location = await gateway.create(len(data), **HINT)
+    first = data[:PART + 500]
+    corrupted = b"X" + first[1:]
+    status, headers = await patch(gateway, location, 0, corrupted, **{"Upload-Checksum": f"{algorithm} {digest(first)}"})
+    assert status == 460
+    async with gateway.http.head(location, headers=auth()) as response:
+        assert response.headers["Upload-Offset"] == "0"  # the chunk was discarded
+    assert await db.fetchval("select count(*) from upload_parts where upload_id = $1", upload_id(location)) == 0
+    status, headers = await patch(gateway, location, 0, first, **{"Upload-Checksum": f"{algorithm} {digest(first)}"})
+    assert status == 204 and headers["Upload-Offset"] == str(len(first))
+    rest = data[len(first):]
+    status, _ = await patch(gateway, location, len(first), rest, **{"Upload-Checksum": f"{algorithm} {digest(rest)}"})
+    assert status == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def test_deferred_length_declared_on_patch(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(PART + 3000)
+    location = await gateway.create(None, **HINT)
+    status, headers = await patch(gateway, location, 0, data[:PART + 1000])
+    assert status == 204 and headers["Upload-Offset"] == str(PART + 1000)
+    # The stashed bytes become the final part when the length is declared with the last chunk.
+    status, headers = await patch(gateway, location, PART + 1000, data[PART + 1000:],
+                                  **{"Upload-Length": str(len(data))})
+    assert status == 204 and headers["Upload-Offset"] == str(len(data))
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def test_length_declared_by_empty_patch_flushes_stash(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(PART + 3000)
+    location = await gateway.create(None, **HINT)
+    status, _ = await patch(gateway, location, 0, data)
+    assert status == 204
+    status, headers = await patch(gateway, location, len(data), b"", **{"Upload-Length": str(len(data))})
+    assert status == 204 and headers["Upload-Offset"] == str(len(data))
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def test_patch_on_completed_upload(gateway: Gateway) -> None:
+    location = await gateway.create(10)
+    assert (await patch(gateway, location, 0, b"0123456789"))[0] == 204
+    status, headers = await patch(gateway, location, 10, b"")
+    assert status == 204 and headers["Upload-Offset"] == "10"
+    assert (await patch(gateway, location, 0, b"0123456789"))[0] == 409
+
+
+async def test_creation_with_upload(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3000)
+    async with gateway.http.post(gateway.files(), data=data[:1000], headers={
+            **auth(), **OCTETS, "Upload-Length": str(len(data))}) as response:
+        assert response.status == 201
+        assert response.headers["Upload-Offset"] == "1000"
+        location = response.headers["Location"]
+    assert (await patch(gateway, location, 1000, data[1000:]))[0] == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def test_paths_do_not_mix(gateway: Gateway) -> None:
+    data = os.urandom(2 * PART)
+    location = await gateway.create(len(data), **HINT)
+    await sign_ok(gateway, location, [1])
+    status, headers = await patch(gateway, location, 0, data[:100])
+    assert status == 409 and b"path_conflict" in headers["_body"]
+    other = await gateway.create(len(data), **HINT)
+    assert (await patch(gateway, other, 0, data[:100]))[0] == 204
+    async with gateway.http.post(f"{other}/parts", json={"parts": [1]}, headers=auth()) as response:
+        assert response.status == 409 and (await response.json())["error"]["code"] == "path_conflict"
+
+
+async def test_direct_then_proxy_after_parts_confirmed(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(2 * PART + 10)
+    location = await gateway.create(len(data), **HINT)
+    part = (await sign_ok(gateway, location, [1]))[1]
+    assert await put_part(gateway, part, data[:PART]) == 200
+    async with gateway.http.put(f"{location}/parts/1", headers=auth()) as response:
+        assert response.status == 204
+    assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def _raw_patch(gw: Gateway, location: str, offset: int, declared: int, sent: bytes) -> None:
+    """Send headers for `declared` bytes, then only `sent`, then drop the connection."""
+    url = urlsplit(location)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    head = (f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Authorization: {auth()['Authorization']}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Upload-Offset: {offset}\r\nContent-Length: {declared}\r\n\r\n")
+    writer.write(head.encode() + sent)
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.transport.abort()
+
+
+async def test_dropped_connection_keeps_committed_parts(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * PART)
+    location = await gateway.create(len(data), **HINT)
+    await _raw_patch(gateway, location, 0, len(data), data[:PART + PART // 2])
+    for _ in range(50):  # the gateway notices the drop and stops
+        async with gateway.http.head(location, headers=auth()) as response:
+            offset = int(response.headers["Upload-Offset"])
+        if offset == PART:
+            break
+        await asyncio.sleep(0.1)
+    assert offset == PART  # the half part after the boundary was dropped, never counted
+    assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(2 * PART)
+    location = await gateway.create(len(data), **HINT)
+    release = asyncio.Event()
+
+    async def stalled_body():  # type: ignore[no-untyped-def]
+        yield data[:1000]
+        await release.wait()
+        yield data[1000:PART]
+
+    async def stalled_patch() -> int:
+        async with gateway.http.patch(location, data=stalled_body(), headers={
+                **auth(), **OCTETS, "Upload-Offset": "0", "Content-Length": str(PART)}) as response:
+            await response.read()
+            return response.status
+
+    first = asyncio.create_task(stalled_patch())
+    await asyncio.sleep(0.5)
+    # The client reconnected: its new PATCH takes over at the same offset.
+    status, headers = await patch(gateway, location, 0, data[:PART])
+    assert status == 204 and headers["Upload-Offset"] == str(PART)
+    release.set()
+    assert await first == 409  # the stale writer's commit is fenced off
+    assert await db.fetchval("select prefix_parts from uploads where id = $1", upload_id(location)) == 1
+    assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
+    assert sha256(await stored(db, s3, location)) == sha256(data)
