@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.set_defaults(func=token_command)
     upload_parser = commands.add_parser("upload", help="upload a file straight to S3 (presigned parts, resumable)")
     upload_parser.add_argument("file")
-    upload_parser.add_argument("--url", required=True, help="the gateway's upload collection, e.g. http://host:8080/files")
+    upload_parser.add_argument("--url", required=True,
+                               help="the gateway's upload collection, e.g. http://host:8080/files")
     upload_parser.add_argument("--token", help="bearer token (default: $GATEWAY_TOKEN)")
     upload_parser.add_argument("--parallel", type=int, default=4, help="parts in flight at once")
     upload_parser.add_argument("--part-size", type=parse_size, help="part size hint, e.g. 64MiB (the gateway decides)")

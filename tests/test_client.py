@@ -17,7 +17,7 @@ import pytest
 from aiohttp import ClientSession, TraceConfig, TraceRequestEndParams
 
 from gateway.client import DirectUploader, UploadResult
-from gateway.client.api import GatewayApi, SignedPart
+from gateway.client.api import GatewayApi, SignedPart, Status
 from gateway.client.state import ResumeState, fingerprint
 from tests.conftest import Gateway, auth, token, upload_id
 
@@ -99,6 +99,29 @@ async def test_interrupted_upload_resumes_with_the_missing_parts_only(gateway: G
     assert result.sent == sum(3 * MiB if n == 5 else PART for n in second)
     assert await stored_sha256(db, s3, url) == digest
     assert json.loads(state.read_text()) == {}
+
+
+async def test_parts_confirmed_since_the_listing_are_dropped(gateway: Gateway, db: asyncpg.Connection, s3: Any,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, state = tmp_path / "data.bin", tmp_path / "state.json"
+    digest = random_file(path, 11 * MiB)  # parts of 5, 5 and 1 MiB
+    first: list[int] = []
+    async with ClientSession(trace_configs=[counting_s3_puts(first, interrupt_after=1)]) as session:
+        with pytest.raises(Interrupted):
+            await upload(gateway, path, state, parallel=1, session=session)
+    status = GatewayApi.status
+
+    async def stale_status(self: GatewayApi, url: str) -> Status:
+        # As if part 1 were confirmed (here: by HEAD's reconcile) after this listing was taken.
+        return dataclasses.replace(await status(self, url), confirmed=frozenset())
+
+    monkeypatch.setattr(GatewayApi, "status", stale_status)
+    second: list[int] = []
+    async with ClientSession(trace_configs=[counting_s3_puts(second)]) as session:
+        result = await upload(gateway, path, state, parallel=1, session=session)
+    assert first == [1] and second == [2, 3]  # the 409 part_confirmed on signing dropped part 1
+    assert result.state == "completed" and result.sent == 6 * MiB
+    assert await stored_sha256(db, s3, result.url) == digest
 
 
 async def test_an_upload_that_is_gone_starts_over(gateway: Gateway, db: asyncpg.Connection, s3: Any,

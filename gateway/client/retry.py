@@ -24,7 +24,7 @@ def backoff(attempt: int, retry_after: str | None = None) -> float:
     """
     if retry_after and retry_after.strip().isdigit():
         return min(float(retry_after), MAX_DELAY)
-    ceiling = min(MAX_DELAY, BASE_DELAY * 2**attempt)
+    ceiling = min(MAX_DELAY, BASE_DELAY * 2.0**attempt)
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

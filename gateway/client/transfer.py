@@ -83,6 +83,8 @@ class _Urls:
 
     async def get(self, number: int) -> SignedPart | None:
         """A usable URL for the part, or None when the gateway says the part is already confirmed."""
+        if self._fresh(number):  # the usual case: no need to queue behind a signing request
+            return self._urls[number]
         # One signing request at a time: a waiting worker usually finds its URL in the batch just signed.
         async with self._lock:
             while True:
@@ -93,11 +95,12 @@ class _Urls:
                 try:
                     signed = await self._api.sign(self._upload_url, batch)
                 except GatewayError as exc:
-                    if exc.code == "part_confirmed" and exc.parts:
+                    confirmed = [n for n in exc.parts if n in batch] if exc.code == "part_confirmed" else []
+                    if confirmed:
                         # Confirmed since we listed them (a reconcile, another client): S3 has them.
-                        for confirmed in exc.parts:
-                            self._skip(confirmed)
-                        if number in exc.parts:
+                        for done in confirmed:
+                            self._skip(done)
+                        if number in confirmed:
                             return None
                     elif exc.code == "batch_too_large" and len(batch) > 1:
                         self._batch = max(1, len(batch) // 2)  # the gateway's limit is configurable
