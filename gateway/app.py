@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import Limits, UploadService
+from gateway.core.worker import CompletionWorker
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
 from gateway.http.auth import Authenticator
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 OBJECT_STORE = web.AppKey("object_store", S3ObjectStore)
+COMPLETION_WORKER = web.AppKey("completion_worker", CompletionWorker)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -71,7 +75,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 await pool.fetchval("select 1")
 
             app[READINESS_CHECKS] = {"postgres": database_ready, "s3": store.ping}
-            yield
+            worker = CompletionWorker(service, settings.completion_retry_after)
+            app[COMPLETION_WORKER] = worker
+            background = asyncio.create_task(worker.run_forever(interval=max(1.0, settings.completion_retry_after / 4)))
+            try:
+                yield
+            finally:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
     finally:
         await data_session.close()
         await pool.close()

@@ -55,6 +55,8 @@ class Settings:
     auth: str = "jwt"
     cors_origins: tuple[str, ...] = ()
     complete_timeout: float = 20.0
+    # A `completing` upload untouched this long is finished by the completion worker of any instance.
+    completion_retry_after: float = 120.0
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
     body_idle_timeout: float = 45.0
     head_reconcile_timeout: float = 1.5
@@ -160,6 +162,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "auth": _parse_auth,
     "cors_origins": _parse_list,
     "complete_timeout": parse_duration,
+    "completion_retry_after": parse_duration,
     "body_idle_timeout": parse_duration,
     "head_reconcile_timeout": parse_duration,
     "reconcile_interval": parse_duration,

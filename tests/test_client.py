@@ -8,16 +8,18 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 import pytest
-from aiohttp import ClientSession, TraceConfig, TraceRequestEndParams
+from aiohttp import ClientOSError, ClientSession, TraceConfig, TraceRequestEndParams
 
-from gateway.client import DirectUploader, UploadResult
+from gateway.client import DirectUploader, UploadFailed, UploadResult
 from gateway.client.api import GatewayApi, SignedPart, Status
+from gateway.client.transfer import PartTransfer
 from gateway.client.state import ResumeState, fingerprint
 from tests.conftest import Gateway, auth, token, upload_id
 
@@ -156,6 +158,47 @@ async def test_a_refused_url_is_signed_again(gateway: Gateway, db: asyncpg.Conne
     assert result.state == "completed"
     assert batches[0] == [1, 2] and [1] in batches[1:]
     assert await stored_sha256(db, s3, result.url) == digest
+
+
+async def test_a_dropped_connection_is_retried_with_a_new_url(gateway: Gateway, db: asyncpg.Connection, s3: Any,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, state = tmp_path / "data.bin", tmp_path / "state.json"
+    digest = random_file(path, 6 * MiB)
+    put, sign = PartTransfer._put, GatewayApi.sign
+    puts: list[int] = []
+    batches: list[list[int]] = []
+
+    async def flaky_put(self: PartTransfer, part: SignedPart) -> tuple[int, bytes]:
+        puts.append(part.number)
+        if len(puts) == 1:
+            raise ClientOSError(104, "Connection reset by peer")
+        return await put(self, part)
+
+    async def recording_sign(self: GatewayApi, url: str, numbers: list[int]) -> list[SignedPart]:
+        batches.append(numbers)
+        return await sign(self, url, numbers)
+
+    monkeypatch.setattr(PartTransfer, "_put", flaky_put)
+    monkeypatch.setattr(GatewayApi, "sign", recording_sign)
+    result = await upload(gateway, path, state, parallel=1)
+    assert result.state == "completed" and puts == [1, 1, 2] and batches == [[1, 2], [1]]
+    assert await stored_sha256(db, s3, result.url) == digest
+
+
+async def test_a_file_that_shrinks_mid_upload_fails_clearly(gateway: Gateway, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path, state = tmp_path / "data.bin", tmp_path / "state.json"
+    random_file(path, 6 * MiB)
+    read = PartTransfer._read
+
+    async def read_after_truncation(self: PartTransfer, file: BinaryIO, part: SignedPart) -> AsyncIterator[bytes]:
+        os.truncate(path, 1 * MiB)  # after the size check, while the body streams
+        async for chunk in read(self, file, part):
+            yield chunk
+
+    monkeypatch.setattr(PartTransfer, "_read", read_after_truncation)
+    with pytest.raises(UploadFailed, match="became shorter during the upload"):
+        await upload(gateway, path, state, parallel=1)
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

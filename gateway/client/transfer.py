@@ -180,22 +180,23 @@ class PartTransfer:
             try:
                 status, body = await self._put(part)
             except NETWORK_ERRORS as exc:
-                self._progress.failed(number)
                 if isinstance(exc.__cause__, UploadFailed):  # raised by our body reader, not the network
                     raise exc.__cause__ from None
                 failure = describe(exc)
             else:
                 if status == 200:
-                    self._progress.finished(number, part.length)
                     self._urls.forget(number)
+                    self._progress.finished(number, part.length)
                     self._confirms.put_nowait(number)
                     return
-                self._progress.failed(number)
                 failure = f"S3 answered {status} {_s3_error(body)}"
-                if status == 403:
-                    self._urls.forget(number)  # expired (or refused) URL: sign the part again
-                elif status not in RETRY_STATUSES:
+                # 403 is how S3 refuses an expired URL: a new one may do. Other 4xx will not get better.
+                if status != 403 and status not in RETRY_STATUSES:
                     raise UploadFailed(f"part {number}: {failure}")
+            self._progress.failed(number)
+            # Sign again for the next attempt: S3 may refuse an expired URL by closing the connection
+            # while the body is still being sent, which looks like a network error.
+            self._urls.forget(number)
             if attempt + 1 < ATTEMPTS:
                 delay = backoff(attempt)
                 log.info("part %d: %s; retrying in %.1f s", number, failure, delay)

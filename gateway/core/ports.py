@@ -68,6 +68,10 @@ class UploadRepository(Protocol):
         """Replace all stash segments of segment.part by one (compaction)."""
         ...
 
+    async def claim_stale_completing(self, stale_after: float, limit: int) -> list[Upload]:
+        """`completing` uploads nobody has worked on for `stale_after` seconds, leased to the caller."""
+        ...
+
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
         """True at most once per `interval` seconds per upload, across instances."""
         ...

@@ -118,6 +118,20 @@ _REPLACE_STASH = """
     returning 1
 """
 
+# Completion left behind by a dead process or a timed-out request. Bumping completing_since is the
+# lease: other instances skip the row for another `stale_after` seconds.
+_CLAIM_STALE_COMPLETING = f"""
+with u as (
+    update uploads set completing_since = now()
+    where id in (select id from uploads
+                 where state = 'completing' and completing_since < now() - make_interval(secs => $1::float8)
+                 order by completing_since limit $2
+                 for update skip locked)
+    returning *
+)
+select {_SELECT} from u
+"""
+
 _CLAIM_RECONCILE = """
     update uploads set reconciled_at = now()
     where id = $1 and (reconciled_at is null or reconciled_at < now() - make_interval(secs => $2::float8))
@@ -225,6 +239,11 @@ class PgUploadRepository:
         async with translate_db_errors():
             return await self.pool.fetchval(_REPLACE_STASH, upload_id, writer_gen, segment.part, segment.seq,
                                             segment.key, segment.size) is not None
+
+    async def claim_stale_completing(self, stale_after: float, limit: int) -> list[Upload]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch(_CLAIM_STALE_COMPLETING, stale_after, limit)
+        return [_to_upload(row) for row in rows]
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
         async with translate_db_errors():
