@@ -19,8 +19,8 @@ from aiohttp import ClientOSError, ClientSession, TraceConfig, TraceRequestEndPa
 
 from gateway.client import DirectUploader, UploadFailed, UploadResult
 from gateway.client.api import GatewayApi, SignedPart, Status
-from gateway.client.transfer import PartTransfer
 from gateway.client.state import ResumeState, fingerprint
+from gateway.client.transfer import PartTransfer
 from tests.conftest import Gateway, auth, token, upload_id
 
 MiB = 1024 * 1024

@@ -1,0 +1,382 @@
+"""The real JavaScript tus clients against a running gateway: tus-js-client 4 and Uppy 5 (@uppy/tus).
+
+Each test writes a file, runs tests/js/tus_upload.mjs or tests/js/uppy_upload.mjs with Node in a
+subprocess (asyncio, so the in-process gateway keeps serving) and checks that the S3 object has the
+file's sha256. tests/js/node_modules is installed by the `js_packages` fixture with `npm ci` from
+tests/js/package-lock.json; without Node the module is skipped, but a failed install fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.conftest import Gateway, make_settings, start_gateway, token, upload_id
+from tests.direct import MiB, stored_bytes
+
+JS = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+NODE_TIMEOUT = 120.0
+PART = 5 * MiB
+
+
+def _node_major() -> int:
+    if NODE is None:
+        return 0
+    version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return int(version.strip().lstrip("v").split(".")[0] or 0)
+
+
+pytestmark = pytest.mark.skipif(_node_major() < 20,
+                                reason="the JavaScript tus client tests need Node.js 20+ (`node` on PATH)")
+
+
+@pytest.fixture(scope="session")
+def js_packages() -> Path:
+    """tests/js/node_modules as pinned by package-lock.json: `npm ci` when missing or stale."""
+    lock = JS / "package-lock.json"
+    stamp = JS / "node_modules" / ".installed-lock-sha256"
+    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text().strip() != wanted:
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is not installed: it is needed to install tests/js/node_modules (npm ci)")
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            pytest.fail(f"`npm ci` in {JS} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        stamp.write_text(wanted + "\n")
+    for package in ("tus-js-client", "@uppy/core", "@uppy/tus"):
+        if not (JS / "node_modules" / package / "package.json").is_file():
+            pytest.fail(f"{package} is missing from {JS / 'node_modules'} after npm ci")
+    return JS
+
+
+class NodeFailed(AssertionError):
+    def __init__(self, script: str, code: int | None, stderr: str) -> None:
+        super().__init__(f"node {script} exited {code}: {stderr.strip()}")
+        self.code = code
+        self.stderr = stderr
+
+
+async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
+    """Run a tests/js script with JSON options; its last stdout line is the JSON result."""
+    assert NODE is not None
+    process = await asyncio.create_subprocess_exec(
+        NODE, str(JS / script), json.dumps(options), cwd=JS,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise NodeFailed(script, process.returncode, err.decode(errors="replace"))
+    lines = out.decode().strip().splitlines()
+    assert lines, f"node {script} printed nothing; stderr: {err.decode(errors='replace')}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["_stderr"] = err.decode(errors="replace")
+    return result
+
+
+def write_file(path: Path, size: int) -> str:
+    """A file of random bytes; returns its sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(left, MiB))
+            digest.update(block)
+            out.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+async def stored_sha256(db, s3, location: str) -> str:  # type: ignore[no-untyped-def]
+    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
+    assert row is not None, f"no upload row for {location}"
+    assert row["state"] == "completed", row["state"]
+    data = await asyncio.to_thread(stored_bytes, s3, row["bucket"], row["s3_key"])
+    return hashlib.sha256(data).hexdigest()
+
+
+def tus_options(gw: Gateway, path: Path, subject: str = "js-user", **options: Any) -> dict[str, Any]:
+    return {"endpoint": gw.files(), "token": token(subject), "file": str(path),
+            "metadata": {"filename": path.name}, "retryDelays": [0, 200, 500], **options}
+
+
+def patches(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in result["requests"] if r["method"] == "PATCH"]
+
+
+@pytest.fixture
+async def small_parts(stack) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    """A gateway with 5 MiB parts, so a few MiB of data already spans several S3 parts."""
+    async for gw in start_gateway(make_settings(stack, part_size=PART)):
+        yield gw
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[Gateway]:
+    instance = start_gateway(settings)
+    gw = await instance.__anext__()
+    try:
+        yield gw
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await instance.__anext__()
+
+
+# --- tus-js-client ---------------------------------------------------------------------------------------
+
+
+async def test_default_options_one_patch(js_packages: Path, gateway: Gateway, db, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """chunkSize Infinity: a POST, then the whole file streamed in one PATCH, across 16 MiB parts."""
+    path = tmp_path / "default.bin"
+    digest = write_file(path, 20 * MiB + 7)
+    result = await run_node("tus_upload.mjs", tus_options(gateway, path))
+    assert result["bytesUploaded"] == 20 * MiB + 7
+    methods = [r["method"] for r in result["requests"]]
+    assert methods == ["POST", "PATCH"], methods
+    create, patch = result["requests"]
+    assert create["status"] == 201 and create["headers"]["Upload-Length"] == str(20 * MiB + 7)
+    assert create["headers"]["Tus-Resumable"] == "1.0.0"
+    assert create["headers"]["Upload-Metadata"].startswith("filename ")
+    assert patch["status"] == 204 and patch["headers"]["Upload-Offset"] == "0"
+    assert patch["headers"]["Content-Type"] == "application/offset+octet-stream"
+    assert await stored_sha256(db, s3, result["url"]) == digest
+    metadata = await db.fetchval("select metadata from uploads where id = $1", upload_id(result["url"]))
+    assert json.loads(metadata)["filename"] == "default.bin"
+
+
+@pytest.mark.parametrize(("chunk", "size", "source"), [
+    (1 * MiB, 7 * MiB + 5, "file"),          # many PATCHes inside one part: stash segments
+    (1 * MiB, 7 * MiB + 5, "buffer"),
+    (12 * MiB, 25 * MiB + 1, "file"),        # each PATCH spans several parts
+    (12 * MiB, 25 * MiB + 1, "buffer"),
+])
+async def test_chunk_sizes(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+                           chunk: int, size: int, source: str) -> None:
+    path = tmp_path / "chunks.bin"
+    digest = write_file(path, size)
+    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, chunkSize=chunk, source=source))
+    assert result["bytesUploaded"] == size
+    assert len(patches(result)) == -(-size // chunk)
+    assert all(r["status"] == 204 for r in patches(result))
+    assert await stored_sha256(db, s3, result["url"]) == digest
+
+
+@pytest.mark.parametrize("chunk", [None, 3 * MiB])
+async def test_upload_data_during_creation(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           chunk: int | None) -> None:
+    path = tmp_path / "creation.bin"
+    size = 8 * MiB + 11
+    digest = write_file(path, size)
+    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, uploadDataDuringCreation=True,
+                                                          chunkSize=chunk))
+    create = result["requests"][0]
+    assert create["method"] == "POST" and create["status"] == 201
+    assert create["headers"]["Content-Type"] == "application/offset+octet-stream"
+    first = size if chunk is None else chunk
+    assert create["offset"] == str(first)  # the POST's body was kept
+    assert len(patches(result)) == -(-(size - first) // (chunk or size))
+    assert await stored_sha256(db, s3, result["url"]) == digest
+
+
+@pytest.mark.parametrize("size", [11 * MiB + 99, 10 * MiB])
+async def test_deferred_length_from_a_stream(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                             size: int) -> None:
+    """uploadLengthDeferred with a plain Readable: Upload-Defer-Length on POST, Upload-Length on the last PATCH."""
+    path = tmp_path / "stream.bin"
+    digest = write_file(path, size)
+    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, source="stream", chunkSize=2 * MiB,
+                                                          uploadLengthDeferred=True))
+    create = result["requests"][0]
+    assert create["headers"].get("Upload-Defer-Length") == "1" and "Upload-Length" not in create["headers"]
+    sent = patches(result)
+    declared = [r for r in sent if "Upload-Length" in r["headers"]]
+    assert len(declared) == 1 and declared[0] is sent[-1]
+    assert declared[0]["headers"]["Upload-Length"] == str(size)
+    assert result["bytesUploaded"] == size
+    assert await stored_sha256(db, s3, result["url"]) == digest
+    assert await db.fetchval("select length from uploads where id = $1", upload_id(result["url"])) == size
+
+
+# --- resuming -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CuttingProxy:
+    """A TCP proxy to the gateway that, once, aborts both sides after `cut_after` client->server bytes."""
+
+    target_port: int
+    cut_after: int | None
+    port: int = 0
+    forwarded: int = 0
+    connections: int = 0
+    cuts: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def __aenter__(self) -> CuttingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._serve(client_reader, client_writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        def cut() -> None:
+            self.cuts += 1
+            client_writer.transport.abort()
+            server_writer.transport.abort()
+
+        async def upstream() -> None:
+            while data := await client_reader.read(256 * 1024):
+                if data[:16].split(b" ", 1)[0] in (b"POST", b"PATCH", b"HEAD", b"DELETE", b"OPTIONS", b"GET"):
+                    self.heads.append(data.split(b"\r\n\r\n", 1)[0])
+                if self.cut_after is not None and self.cuts == 0 and self.forwarded + len(data) >= self.cut_after:
+                    keep = self.cut_after - self.forwarded
+                    server_writer.write(data[:keep])
+                    await server_writer.drain()
+                    self.forwarded += keep
+                    await asyncio.sleep(0.05)  # let the gateway read those bytes before the reset
+                    cut()
+                    return
+                self.forwarded += len(data)
+                server_writer.write(data)
+                await server_writer.drain()
+            if server_writer.can_write_eof():
+                server_writer.write_eof()
+
+        async def downstream() -> None:
+            while data := await server_reader.read(256 * 1024):
+                client_writer.write(data)
+                await client_writer.drain()
+            client_writer.close()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            client_writer.transport.abort()
+            server_writer.transport.abort()
+
+
+async def test_resumes_after_connection_cut_mid_patch(js_packages: Path, small_parts: Gateway, db, s3,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path) -> None:
+    """The connection dies mid-PATCH; tus-js-client retries by itself: HEAD, then PATCH from the offset."""
+    path = tmp_path / "cut.bin"
+    size = 12 * MiB + 3
+    digest = write_file(path, size)
+    port = urlsplit(small_parts.url).port
+    assert port is not None
+    async with CuttingProxy(port, cut_after=7 * MiB) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.port}{small_parts.settings.base_path}"
+        result = await run_node("tus_upload.mjs", {**tus_options(small_parts, path), "endpoint": endpoint,
+                                                   "retryDelays": [0, 200, 500]})
+    assert proxy.cuts == 1 and proxy.connections >= 2
+    assert result["retries"] >= 1, result
+    assert result["url"].startswith(endpoint)  # Location was built from the proxy's Host
+    methods = [(r["method"], r.get("status")) for r in result["requests"]]
+    assert methods[0] == ("POST", 201) and ("HEAD", 200) in methods, methods
+    head = next(r for r in result["requests"] if r["method"] == "HEAD")
+    resumed_at = int(head["offset"])
+    assert 0 < resumed_at <= 7 * MiB  # what reached the gateway before the cut was kept
+    last = patches(result)[-1]
+    assert last["status"] == 204 and last["headers"]["Upload-Offset"] == str(resumed_at)
+    assert result["bytesUploaded"] == size
+    assert await stored_sha256(db, s3, result["url"]) == digest
+
+
+async def test_resume_in_a_second_run_from_file_url_storage(js_packages: Path, small_parts: Gateway, db, s3,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "resume.bin"
+    size = 8 * MiB + 1234
+    digest = write_file(path, size)
+    storage = tmp_path / "tus-urls.json"
+    options = tus_options(small_parts, path, chunkSize=3 * MiB, urlStorage=str(storage), resume=True)
+    first = await run_node("tus_upload.mjs", {**options, "abortAfterChunks": 1})
+    assert first["aborted"] and first["previousUploads"] == 0 and first["bytesUploaded"] == 3 * MiB
+    stored_urls = [entry["uploadUrl"] for entry in json.loads(storage.read_text()).values()]
+    assert stored_urls == [first["url"]]
+
+    second = await run_node("tus_upload.mjs", options)
+    assert not second["aborted"] and second["previousUploads"] == 1
+    assert second["url"] == first["url"]
+    assert [r["method"] for r in second["requests"]][:2] == ["HEAD", "PATCH"]  # no new POST
+    assert second["startOffset"] == 3 * MiB
+    assert second["sentThisRun"] == size - 3 * MiB < size
+    assert await stored_sha256(db, s3, second["url"]) == digest
+
+
+async def test_resume_on_another_gateway_instance(js_packages: Path, stack, db, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two gateways share Postgres and S3: start on A, abort, resume the same upload on B."""
+    path = tmp_path / "two.bin"
+    size = 13 * MiB + 77
+    digest = write_file(path, size)
+    prefix = f"test-js-{os.urandom(4).hex()}"
+    async with running(make_settings(stack, part_size=PART, s3_key_prefix=prefix)) as a, \
+            running(make_settings(stack, part_size=PART, s3_key_prefix=prefix)) as b:
+        assert a.url != b.url
+        first = await run_node("tus_upload.mjs", tus_options(a, path, chunkSize=3 * MiB, abortAfterChunks=2))
+        assert first["aborted"] and first["bytesUploaded"] == 6 * MiB  # one part committed, 1 MiB stashed
+        on_b = urlunsplit(urlsplit(first["url"])._replace(netloc=urlsplit(b.url).netloc))
+        assert on_b != first["url"]
+        second = await run_node("tus_upload.mjs", tus_options(b, path, chunkSize=3 * MiB, uploadUrl=on_b))
+        assert second["url"] == on_b and second["startOffset"] == 6 * MiB
+        assert all(urlsplit(r["url"]).netloc == urlsplit(b.url).netloc for r in second["requests"])
+        assert second["bytesUploaded"] == size
+        assert await stored_sha256(db, s3, on_b) == digest
+        row = await db.fetchrow("select s3_key from uploads where id = $1", upload_id(on_b))
+        assert row["s3_key"].startswith(prefix)
+
+
+# --- Uppy ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [None, 4 * MiB])
+async def test_uppy_with_tus_plugin(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                    chunk: int | None) -> None:
+    path = tmp_path / "uppy photo.bin"
+    size = 9 * MiB + 321
+    digest = write_file(path, size)
+    result = await run_node("uppy_upload.mjs", {"endpoint": small_parts.files(), "token": token("uppy-user"),
+                                                 "file": str(path), "chunkSize": chunk})
+    assert result["url"].startswith(small_parts.files() + "/")
+    assert result["progress"] == size
+    assert await stored_sha256(db, s3, result["url"]) == digest
+    row = await db.fetchrow("select owner_sub, length, metadata from uploads where id = $1", upload_id(result["url"]))
+    assert row["owner_sub"] == "uppy-user" and row["length"] == size
+    metadata = json.loads(row["metadata"])
+    assert metadata["filename"] == "uppy photo.bin" and metadata["name"] == "uppy photo.bin"
+    assert metadata["filetype"] == "application/octet-stream"
