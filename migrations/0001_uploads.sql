@@ -55,11 +55,27 @@ create table signed_part_checksums (
     primary key (upload_id, number)
 );
 
--- One round trip per confirm: record parts, advance the prefix, move to 'completing' when done.
--- Returns the new row and whether this call started completion (true for exactly one caller).
+-- Proxy path (DESIGN §3.3): the tail of a PATCH that ends inside a part is kept in S3 as immutable
+-- segment objects, listed here. Segments of part n are superseded (and deleted from S3) once part n
+-- is committed. Their sizes count in Upload-Offset until then.
+create table upload_stash (
+    upload_id   text not null references uploads (id) on delete cascade,
+    part_number integer not null check (part_number between 1 and 10000),
+    seq         bigint not null,
+    s3_key      text not null,
+    size        bigint not null check (size > 0),
+    created_at  timestamptz not null default now(),
+    primary key (upload_id, seq)
+);
+
+-- One round trip per confirm: record parts, advance the prefix, drop the stash of committed parts,
+-- move to 'completing' when the prefix covers the length. With p_writer_gen (the proxy path) it commits
+-- only while that PATCH is still the upload's writer. Returns the new row, whether this call started
+-- completion (true for exactly one caller), and the parts and stash as they are after the change
+-- (the calling statement's own snapshot predates them).
 create function confirm_parts(p_id text, p_numbers integer[], p_sizes bigint[], p_etags text[],
-                              p_checksums text[], p_ttl integer)
-returns table (upload_row uploads, started_completing boolean)
+                              p_checksums text[], p_ttl integer, p_writer_gen bigint default null)
+returns table (upload_row uploads, started_completing boolean, confirmed_beyond integer[], stash json)
 language plpgsql as $$
 declare
     u uploads;
@@ -67,11 +83,13 @@ declare
     total integer;
 begin
     select * into u from uploads where id = p_id for update;
-    if not found then
+    if not found or (p_writer_gen is not null and u.writer_gen <> p_writer_gen) then
         return;
     end if;
     if u.state <> 'active' then
-        upload_row := u; started_completing := false; return next; return;
+        upload_row := u; started_completing := false;
+        confirmed_beyond := '{}'; stash := '[]';
+        return next; return;
     end if;
     insert into upload_parts (upload_id, number, size, etag, checksum)
     select p_id, n, s, e, coalesce(c, (select checksum from signed_part_checksums k
@@ -84,6 +102,7 @@ begin
         exit when not found;
         next_part := next_part + 1;
     end loop;
+    delete from upload_stash where upload_id = p_id and part_number <= next_part;
     total := case when u.length is null then null else greatest(1, ceil(u.length::numeric / u.part_size)::integer) end;
     update uploads set
         prefix_parts = next_part,
@@ -95,6 +114,10 @@ begin
     returning * into u;
     upload_row := u;
     started_completing := u.state = 'completing';
+    confirmed_beyond := array(select p.number from upload_parts p
+                              where p.upload_id = p_id and p.number > next_part order by p.number);
+    stash := (select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
+              from upload_stash s where s.upload_id = p_id);
     return next;
 end;
 $$;

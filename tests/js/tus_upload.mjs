@@ -7,7 +7,8 @@
 //   token         bearer token, sent as `Authorization: Bearer <token>` on every request
 //   file          path of the file to upload (required)
 //   source        "file" (fs.ReadStream, default), "buffer" (Buffer in memory) or
-//                 "stream" (a generic Readable that is not an fs.ReadStream: needs a finite chunkSize)
+//                 "stream" (a generic Readable that is not an fs.ReadStream: needs a finite chunkSize) or
+//                 "reader" (a custom fileReader with positional reads and no size: needs a finite chunkSize)
 //   chunkSize, uploadDataDuringCreation, uploadLengthDeferred, retryDelays, metadata,
 //   uploadUrl, removeFingerprintOnSuccess, overridePatchMethod: passed to tus.Upload as they are
 //   urlStorage    path of a JSON file: use tus-js-client's FileUrlStorage there (fingerprints persist)
@@ -20,6 +21,7 @@
 // `requests` lists every request tus-js-client made: method, url, the tus headers it set and the
 // response status / Upload-Offset. On failure the error message goes to stderr and the exit code is 1.
 import { createReadStream, readFileSync } from 'node:fs'
+import { open } from 'node:fs/promises'
 import { PassThrough } from 'node:stream'
 
 import { FileUrlStorage, Upload } from 'tus-js-client'
@@ -33,7 +35,39 @@ if (!options.file) {
 function openSource(kind, path) {
   if (kind === 'buffer') return readFileSync(path)
   if (kind === 'stream') return createReadStream(path).pipe(new PassThrough())
+  if (kind === 'reader') return path
   return createReadStream(path)
+}
+
+// source "reader": a custom `fileReader` whose source has no size and reads the file positionally,
+// reporting done when a read comes back short. With uploadLengthDeferred and a size that is a
+// multiple of chunkSize the last PATCH is then empty and carries Upload-Length (tus-js-client's own
+// StreamSource stalls in that case: tus/tus-js-client#779).
+class PositionalSource {
+  constructor(handle) {
+    this._handle = handle
+    this.size = null
+  }
+
+  async slice(start, end) {
+    const length = end - start
+    const buffer = Buffer.alloc(length)
+    const { bytesRead } = await this._handle.read(buffer, 0, length, start)
+    const value = buffer.subarray(0, bytesRead)
+    value.size = bytesRead
+    return { value, done: bytesRead < length }
+  }
+
+  close() {
+    this._handle.close()
+  }
+}
+
+const positionalReader = {
+  async openFile(path, chunkSize) {
+    if (!Number.isFinite(Number(chunkSize))) throw new Error('source "reader" needs a finite chunkSize')
+    return new PositionalSource(await open(path, 'r'))
+  },
 }
 
 const PASSED = [
@@ -70,6 +104,7 @@ for (const name of PASSED) {
 // JSON has no Infinity; "Infinity" or null means tus-js-client's default (one PATCH for everything).
 if (tusOptions.chunkSize === 'Infinity') tusOptions.chunkSize = Number.POSITIVE_INFINITY
 if (options.urlStorage) tusOptions.urlStorage = new FileUrlStorage(options.urlStorage)
+if (options.source === 'reader') tusOptions.fileReader = positionalReader
 
 const upload = new Upload(openSource(options.source, options.file), {
   ...tusOptions,
@@ -112,6 +147,12 @@ const upload = new Upload(openSource(options.source, options.file), {
   onError(err) {
     fail(`upload failed: ${err.message ?? err}`)
   },
+})
+
+// tus-js-client keeps no timer or socket while it waits on a stalled source: Node would just exit 0.
+process.on('beforeExit', () => {
+  const { url, bytesUploaded } = summary({})
+  fail(`upload stalled: Node's event loop drained before onSuccess/onError (url ${url}, offset ${bytesUploaded})`)
 })
 
 let previousUploads = 0
