@@ -19,6 +19,7 @@ from gateway.core.worker import CompletionWorker
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
 from gateway.http.auth import Authenticator
+from gateway.http.demo import setup_demo
 from gateway.http.keys import AUTHENTICATOR, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
 from gateway.http.routes import setup_http
 from gateway.s3.presign import S3PartSigner
@@ -96,4 +97,6 @@ def create_app(settings: Settings, **app_options: Any) -> web.Application:
     app[AUTHENTICATOR] = Authenticator(settings)
     app.cleanup_ctx.append(_resources)
     setup_http(app, settings.base_path, settings.cors_origins)
+    if settings.demo_page:
+        setup_demo(app)
     return app

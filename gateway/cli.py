@@ -92,7 +92,7 @@ def dev(args: argparse.Namespace) -> None:
             s3_bucket=stack_info.s3_bucket, s3_region=stack_info.s3_region,
             s3_access_key_id=stack_info.s3_access_key_id, s3_secret_access_key=stack_info.s3_secret_access_key,
             host="127.0.0.1", port=args.port, auth=auth, jwt_secret=secret, jwt_audience=DEV_AUDIENCE,
-            jwt_issuer=DEV_ISSUER, cors_origins=("*",),
+            jwt_issuer=DEV_ISSUER, cors_origins=("*",), demo_page=True,
         )
         url = f"http://127.0.0.1:{settings.port}{settings.base_path}"
         print(f"\n  gateway dev: {url}\n  data: {data_dir}\n  postgres: {stack_info.database_url}\n"
@@ -101,7 +101,8 @@ def dev(args: argparse.Namespace) -> None:
             print("\n  !!! AUTH IS OFF (GATEWAY_AUTH=none): anyone who can reach this port can upload !!!\n")
         else:
             token = mint_token(secret, "dev-user", audience=DEV_AUDIENCE, issuer=DEV_ISSUER, ttl=DEV_TOKEN_TTL)
-            print(f"  token (7 days): {token}\n\n"
+            print(f"  demo page: http://127.0.0.1:{settings.port}/#token={token}\n"
+                  f"  token (7 days): {token}\n\n"
                   f"  curl -i -X POST {url} -H 'Tus-Resumable: 1.0.0' -H 'Upload-Length: 11' "
                   f"-H \"Authorization: Bearer {token}\"\n")
         sys.stdout.flush()

@@ -57,6 +57,8 @@ class Settings:
     complete_timeout: float = 20.0
     # A `completing` upload untouched this long is finished by the completion worker of any instance.
     completion_retry_after: float = 120.0
+    # Serve the browser demo page at / (gateway dev turns it on).
+    demo_page: bool = False
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
     body_idle_timeout: float = 45.0
     head_reconcile_timeout: float = 1.5
@@ -135,6 +137,13 @@ def _parse_base_path(text: str) -> str:
     return text
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be true or false")
+    return value in ("1", "true", "yes", "on")
+
+
 def _parse_auth(text: str) -> str:
     if text not in ("jwt", "none"):
         raise ValueError("must be 'jwt' or 'none'")
@@ -160,6 +169,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "sign_batch_max": _parse_int,
     "jwt_public_keys": _parse_paths,
     "auth": _parse_auth,
+    "demo_page": _parse_bool,
     "cors_origins": _parse_list,
     "complete_timeout": parse_duration,
     "completion_retry_after": parse_duration,
