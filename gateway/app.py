@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -13,11 +14,14 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.core.events import EventDispatcher
+from gateway.core.ports import Quota
 from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import Limits, UploadService
-from gateway.core.worker import CompletionWorker
+from gateway.core.worker import CompletionWorker, Sweeper, run_periodically
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
+from gateway.hooks import HttpCreateHook, HttpWebhookSender
 from gateway.http.auth import Authenticator
 from gateway.http.demo import setup_demo
 from gateway.http.keys import AUTHENTICATOR, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
@@ -29,9 +33,19 @@ from gateway.s3.stream import S3ByteStore
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class Background:
+    """The periodic jobs of an instance, exposed so `gateway sweep` and tests can run them once."""
+
+    completion: CompletionWorker
+    sweeper: Sweeper
+    dispatcher: EventDispatcher | None
+
+
 POOL = web.AppKey("pool", asyncpg.Pool)
-OBJECT_STORE = web.AppKey("object_store", S3ObjectStore)
-COMPLETION_WORKER = web.AppKey("completion_worker", CompletionWorker)
+REPOSITORY = web.AppKey("repository", PgUploadRepository)
+BACKGROUND = web.AppKey("background", Background)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -41,6 +55,7 @@ def limits_from(settings: Settings) -> Limits:
         download_ttl=settings.download_ttl, sign_batch_max=settings.sign_batch_max,
         key_prefix=settings.s3_key_prefix, bucket=settings.s3_bucket, complete_timeout=settings.complete_timeout,
         head_reconcile_timeout=settings.head_reconcile_timeout, reconcile_interval=settings.reconcile_interval,
+        quota=Quota(settings.max_active_uploads_per_owner, settings.max_active_bytes_per_owner),
     )
 
 
@@ -49,45 +64,64 @@ def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
     return SigV4Signer(credentials, settings.s3_region, endpoint_url)
 
 
+@contextlib.asynccontextmanager
+async def gateway_services(settings: Settings) -> AsyncIterator[tuple[UploadService, ProxyUploads, Background,
+                                                                      PgUploadRepository, asyncpg.Pool]]:
+    """Every long-lived resource of a process, created once and closed in reverse order."""
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings)
+        stack.push_async_callback(pool.close)
+        # Streams PATCH bodies to S3: no total timeout (parts are large), but a stalled socket fails.
+        data_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120), auto_decompress=False)
+        stack.push_async_callback(data_session.close)
+        hook_session = aiohttp.ClientSession()
+        stack.push_async_callback(hook_session.close)
+        client = await stack.enter_async_context(s3_client(settings))
+        store = S3ObjectStore(client, settings.s3_bucket)
+        repo = PgUploadRepository(pool)
+        create_hook = (HttpCreateHook(hook_session, settings.pre_create_hook_url, settings.hook_timeout)
+                       if settings.pre_create_hook_url else None)
+        # Presigned URLs carry the endpoint clients reach; streamed calls use the internal one.
+        service = UploadService(
+            repo, store, S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
+            limits_from(settings), create_hook)
+        proxy = ProxyUploads(service, S3ByteStore(
+            data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket))
+        completion = CompletionWorker(service, settings.completion_retry_after)
+        sweeper = Sweeper(service, completion, tombstone_days=settings.tombstone_days,
+                          orphan_grace=settings.orphan_grace)
+        dispatcher = (EventDispatcher(repo, HttpWebhookSender(hook_session, settings.webhook_secret,
+                                                              settings.hook_timeout), settings.webhook_urls)
+                      if settings.webhook_urls else None)
+        yield service, proxy, Background(completion, sweeper, dispatcher), repo, pool
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings)
-    # Streams PATCH bodies to S3: no total timeout (parts are large), but a stalled socket fails.
-    data_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
-        auto_decompress=False,
-    )
-    try:
-        async with s3_client(settings) as client:
-            store = S3ObjectStore(client, settings.s3_bucket)
-            app[POOL] = pool
-            app[OBJECT_STORE] = store
-            # Presigned URLs carry the endpoint clients reach; streamed calls use the internal one.
-            service = UploadService(
-                PgUploadRepository(pool), store,
-                S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
-                limits_from(settings))
-            app[SERVICE] = service
-            app[PROXY] = ProxyUploads(service, S3ByteStore(
-                data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket))
+    async with gateway_services(settings) as (service, proxy, background, repo, pool):
+        app[POOL] = pool
+        app[REPOSITORY] = repo
+        app[SERVICE] = service
+        app[PROXY] = proxy
+        app[BACKGROUND] = background
 
-            async def database_ready() -> None:
-                await pool.fetchval("select 1")
+        async def database_ready() -> None:
+            await pool.fetchval("select 1")
 
-            app[READINESS_CHECKS] = {"postgres": database_ready, "s3": store.ping}
-            worker = CompletionWorker(service, settings.completion_retry_after)
-            app[COMPLETION_WORKER] = worker
-            background = asyncio.create_task(worker.run_forever(interval=max(1.0, settings.completion_retry_after / 4)))
-            try:
-                yield
-            finally:
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
-    finally:
-        await data_session.close()
-        await pool.close()
+        app[READINESS_CHECKS] = {"postgres": database_ready, "s3": service.store.ping}
+        jobs = [run_periodically("sweeper", min(settings.sweep_interval, settings.completion_retry_after / 2),
+                                 background.sweeper.run_once)]
+        if background.dispatcher is not None:
+            jobs.append(run_periodically("webhooks", 1.0, background.dispatcher.run_once))
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_app(settings: Settings, **app_options: Any) -> web.Application:

@@ -67,6 +67,24 @@ def migrate_command(args: argparse.Namespace) -> None:
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
+def sweep_command(args: argparse.Namespace) -> None:
+    """One pass of the background work: expire, finish completions, abort orphans, purge, deliver."""
+    from gateway.app import gateway_services
+
+    settings = load_settings()
+    settings.require_services()
+
+    async def run() -> None:
+        async with gateway_services(settings) as (_, _, background, repo, _):
+            report = await background.sweeper.run_once()
+            delivered = await background.dispatcher.run_once() if background.dispatcher else 0
+            print(f"expired {report.expired}, completed {report.completed}, aborted {report.orphans_aborted} "
+                  f"orphan S3 uploads, purged {report.tombstones_purged} tombstones and {report.events_purged} "
+                  f"events, delivered {delivered} events; webhook backlog {await repo.backlog()}")
+
+    asyncio.run(run())
+
+
 def _dev_secret(data_dir: Path) -> str:
     path = data_dir / "jwt-secret"
     if not path.exists():
@@ -159,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.add_argument("--data-dir", default=".dev-data", help="where Postgres and S3 keep data")
     dev_parser.add_argument("--port", type=int, default=8080)
     dev_parser.set_defaults(func=dev)
+    sweep_parser = commands.add_parser("sweep", help="run the expiry/cleanup/delivery pass once (serve runs it periodically)")
+    sweep_parser.set_defaults(func=sweep_command)
     migrate_parser = commands.add_parser("migrate", help="apply database migrations (idempotent)")
     migrate_parser.set_defaults(func=migrate_command)
     token_parser = commands.add_parser("token", help="mint an HS256 token with GATEWAY_JWT_SECRET")

@@ -57,6 +57,16 @@ class Settings:
     complete_timeout: float = 20.0
     # A `completing` upload untouched this long is finished by the completion worker of any instance.
     completion_retry_after: float = 120.0
+    max_active_uploads_per_owner: int = 1000
+    max_active_bytes_per_owner: int = 20 * TiB
+    sweep_interval: float = 60.0
+    tombstone_days: int = 30
+    # An S3 multipart upload under the prefix with no live row is aborted after this long.
+    orphan_grace: float = 3600.0
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
+    pre_create_hook_url: str = ""
+    hook_timeout: float = 5.0
     # Serve the browser demo page at / (gateway dev turns it on).
     demo_page: bool = False
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
@@ -170,6 +180,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "jwt_public_keys": _parse_paths,
     "auth": _parse_auth,
     "demo_page": _parse_bool,
+    "max_active_uploads_per_owner": _parse_int,
+    "max_active_bytes_per_owner": parse_size,
+    "sweep_interval": parse_duration,
+    "tombstone_days": _parse_int,
+    "orphan_grace": parse_duration,
+    "webhook_urls": lambda text: tuple(_parse_url(u) for u in _parse_list(text)),
+    "pre_create_hook_url": _parse_url,
+    "hook_timeout": parse_duration,
     "cors_origins": _parse_list,
     "complete_timeout": parse_duration,
     "completion_retry_after": parse_duration,
@@ -225,6 +243,10 @@ def validate(s: Settings) -> None:
     check(1 <= s.download_ttl <= 300, "download_ttl", "must be between 1 second and 5 minutes")
     check(1 <= s.sign_batch_max <= 1000, "sign_batch_max", "must be between 1 and 1000")
     check(1 <= s.db_pool_min <= s.db_pool_max, "db_pool_min", "must be between 1 and GATEWAY_DB_POOL_MAX")
+    check(s.max_active_uploads_per_owner >= 1, "max_active_uploads_per_owner", "must be at least 1")
+    check(s.tombstone_days >= 1, "tombstone_days", "must be at least 1 (tus clients need tombstones to resume)")
+    check(not s.webhook_urls or len(s.webhook_secret.encode()) >= 32, "webhook_secret",
+          "must be at least 32 bytes when GATEWAY_WEBHOOK_URLS is set")
     check(s.db_statement_cache_size >= 0, "db_statement_cache_size", "must be >= 0")
     if s.auth == "jwt":
         check(bool(s.jwt_secret or s.jwt_public_keys), "jwt_secret",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from gateway.app import COMPLETION_WORKER
+from gateway.app import BACKGROUND
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.http.keys import SERVICE
 from tests.conftest import Gateway, auth, upload_id
@@ -37,7 +37,7 @@ async def left_completing(gateway: Gateway, data: bytes) -> str:
 
 
 async def run_worker(gateway: Gateway) -> int:
-    worker = gateway.app[COMPLETION_WORKER]
+    worker = gateway.app[BACKGROUND].completion
     worker.stale_after = 0
     return await worker.run_once()
 
@@ -83,7 +83,7 @@ async def test_vanished_multipart_upload_is_failed_not_completed(gateway: Gatewa
 
 async def test_worker_leases_rows(gateway: Gateway, db) -> None:  # type: ignore[no-untyped-def]
     location = await left_completing(gateway, os.urandom(PART + 100))
-    worker = gateway.app[COMPLETION_WORKER]
+    worker = gateway.app[BACKGROUND].completion
     worker.stale_after = 3600  # just claimed rows are not claimed again by another instance
     await db.execute("update uploads set completing_since = now() where id = $1", upload_id(location))
     assert await worker.run_once() == 0

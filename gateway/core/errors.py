@@ -40,6 +40,10 @@ class ErrorCode(enum.Enum):
     # limits
     MAX_SIZE_EXCEEDED = "max_size_exceeded"
     REQUEST_TOO_LARGE = "request_too_large"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    RATE_LIMITED = "rate_limited"
+    HOOK_REJECTED = "hook_rejected"
+    HOOK_UNAVAILABLE = "hook_unavailable"
     # conflicts
     OFFSET_MISMATCH = "offset_mismatch"
     PART_CONFIRMED = "part_confirmed"

@@ -26,6 +26,13 @@ class NewUpload:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Per owner: at most this many active uploads and declared bytes in them."""
+    max_uploads: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
 class ConfirmResult:
     upload: Upload
     # True for exactly one caller: the one whose confirm moved the upload to `completing`.
@@ -33,7 +40,9 @@ class ConfirmResult:
 
 
 class UploadRepository(Protocol):
-    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload: ...
+    async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
+        """The new upload, or None when the owner's quota is used up."""
+        ...
 
     async def get(self, upload_id: str) -> Upload | None: ...
 
@@ -82,6 +91,18 @@ class UploadRepository(Protocol):
         """`completing` -> `completed` or `failed`."""
         ...
 
+    async def expire_batch(self, limit: int) -> list[Upload]:
+        """End active uploads past their expiry (claimed with SKIP LOCKED), returning them for cleanup."""
+        ...
+
+    async def purge_ended(self, tombstone_days: int, event_days: int, limit: int) -> tuple[int, int]:
+        """Delete tombstones and delivered events older than their retention; (uploads, events) deleted."""
+        ...
+
+    async def live_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
+        """Those of the given S3 multipart upload ids that belong to an active or completing upload."""
+        ...
+
     async def reopen(self, upload_id: str, unconfirm: Sequence[int]) -> None:
         """`completing` -> `active`, dropping parts S3 refused at Complete."""
         ...
@@ -101,6 +122,13 @@ class PartsPage:
     parts: list[ListedPart]
     next_marker: int
     truncated: bool
+
+
+@dataclass(frozen=True)
+class MultipartListing:
+    key: str
+    multipart_id: str
+    initiated: datetime
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,12 @@ class ObjectStore(Protocol):
     async def delete_object(self, key: str) -> None: ...
 
     async def head_object(self, key: str) -> ObjectHead | None: ...
+
+    async def delete_objects(self, keys: Sequence[str]) -> None: ...
+
+    def list_multipart_uploads(self, prefix: str) -> AsyncIterator[MultipartListing]:
+        """Every in-progress multipart upload under the prefix."""
+        ...
 
 
 class ByteStore(Protocol):
@@ -169,3 +203,10 @@ class PartSigner(Protocol):
     def credentials_expire_at(self) -> datetime | None:
         """When the signing credentials expire (STS); None for long-lived keys."""
         ...
+
+
+class CreateHook(Protocol):
+    """Asked before an upload is created: may refuse it (UploadError HOOK_REJECTED) or add metadata."""
+
+    async def before_create(self, owner: Owner, length: int | None,
+                            metadata: dict[str, str | None]) -> dict[str, str | None]: ...

@@ -20,7 +20,7 @@ from gateway.core.model import (
     ConfirmedPart, Owner, PartChecksum, State, Upload, new_upload_id, object_key, plan_part_size,
 )
 from gateway.core.ports import (
-    CompleteRefused, ListedPart, NewUpload, ObjectStore, PartSigner, UploadRepository,
+    CompleteRefused, CreateHook, ListedPart, NewUpload, ObjectStore, PartSigner, Quota, UploadRepository,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Limits:
     complete_timeout: float
     head_reconcile_timeout: float
     reconcile_interval: float
+    quota: Quota | None = None
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,13 @@ def _not_found() -> UploadError:
 
 
 class UploadService:
-    def __init__(self, repo: UploadRepository, store: ObjectStore, signer: PartSigner, limits: Limits) -> None:
+    def __init__(self, repo: UploadRepository, store: ObjectStore, signer: PartSigner, limits: Limits,
+                 create_hook: CreateHook | None = None) -> None:
         self.repo = repo
         self.store = store
         self.signer = signer
         self.limits = limits
+        self.create_hook = create_hook
 
     # -- lookup -------------------------------------------------------------------------------------
 
@@ -131,6 +134,10 @@ class UploadService:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED,
                               f"Upload-Length exceeds the maximum of {limits.max_upload_size} bytes")
         metadata = md.parse_metadata(metadata_header)
+        if self.create_hook is not None:
+            metadata = {**metadata, **await self.create_hook.before_create(owner, length, metadata)}
+            metadata_header = md.encode_metadata(metadata)
+            md.parse_metadata(metadata_header)  # what a hook adds obeys the same limits
         part_size = plan_part_size(length, limits.part_size, part_size_hint)
         if length is not None and -(-length // part_size) > 10_000:
             raise UploadError(ErrorCode.INVALID_PART_SIZE, "Upload-Part-Size is too small for 10,000 parts")
@@ -150,7 +157,15 @@ class UploadService:
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=metadata, metadata_header=md.encode_metadata(metadata), bucket=limits.bucket,
                         key=key, multipart_id=multipart_id, state=state)
-        return await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age)
+        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, limits.quota)
+        if upload is None:
+            await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))
+            quota = limits.quota
+            assert quota is not None
+            raise UploadError(ErrorCode.QUOTA_EXCEEDED,
+                              f"at most {quota.max_uploads} active uploads and {quota.max_bytes} declared bytes "
+                              "per owner; finish or delete some first")
+        return upload
 
     # -- status -------------------------------------------------------------------------------------
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from gateway.core.errors import UploadError
+from gateway.core.model import Upload
 from gateway.core.uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -29,10 +32,83 @@ class CompletionWorker:
                 log.warning("completion worker: upload %s not finished: %s", upload.id, exc)
         return len(claimed)
 
-    async def run_forever(self, interval: float) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except UploadError as exc:
-                log.warning("completion worker: %s", exc)
-            await asyncio.sleep(interval)
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    completed: int = 0
+    orphans_aborted: int = 0
+    tombstones_purged: int = 0
+    events_purged: int = 0
+
+
+class Sweeper:
+    """Expiry and cleanup: expired uploads, leftovers of dead processes, S3 uploads without a row."""
+
+    def __init__(self, service: UploadService, completion: CompletionWorker, *, tombstone_days: int,
+                 orphan_grace: float, batch: int = 200) -> None:
+        self.service = service
+        self.completion = completion
+        self.tombstone_days = tombstone_days
+        self.orphan_grace = orphan_grace
+        self.batch = batch
+
+    async def run_once(self) -> SweepReport:
+        report = SweepReport()
+        while expired := await self.service.repo.expire_batch(self.batch):
+            report.expired += len(expired)
+            await asyncio.gather(*(self._release(u) for u in expired))
+            if len(expired) < self.batch:
+                break
+        report.completed = await self.completion.run_once()
+        report.orphans_aborted = await self._abort_orphans()
+        report.tombstones_purged, report.events_purged = await self.service.repo.purge_ended(
+            self.tombstone_days, event_days=7, limit=10_000)
+        return report
+
+    async def _release(self, upload: Upload) -> None:
+        store = self.service.store
+        try:
+            if upload.multipart_id:
+                await store.abort(upload.key, upload.multipart_id)
+            if upload.stash:
+                await store.delete_objects([s.key for s in upload.stash])
+        except UploadError as exc:  # the orphan pass and the bucket's lifecycle rules catch what is left
+            log.warning("sweeper: cleanup of expired upload %s failed: %s", upload.id, exc)
+
+    async def _abort_orphans(self) -> int:
+        """S3 multipart uploads under our prefix whose row is gone or ended (a crash between
+        CreateMultipartUpload and the INSERT, or an abort that failed), after a grace period."""
+        store = self.service.store
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.orphan_grace)
+        aborted = 0
+        batch: list[tuple[str, str]] = []
+
+        async def flush() -> int:
+            live = await self.service.repo.live_multipart_ids([mid for _, mid in batch])
+            dead = [(key, mid) for key, mid in batch if mid not in live]
+            await asyncio.gather(*(store.abort(key, mid) for key, mid in dead))
+            batch.clear()
+            return len(dead)
+
+        prefix = self.service.limits.key_prefix
+        async for listing in store.list_multipart_uploads(f"{prefix}/" if prefix else ""):
+            if listing.initiated < cutoff:
+                batch.append((listing.key, listing.multipart_id))
+            if len(batch) >= 500:
+                aborted += await flush()
+        if batch:
+            aborted += await flush()
+        return aborted
+
+
+async def run_periodically(name: str, interval: float, job) -> None:  # type: ignore[no-untyped-def]
+    """Run `job()` every `interval` seconds until cancelled; a failed run is logged, not fatal."""
+    while True:
+        try:
+            await job()
+        except UploadError as exc:
+            log.warning("%s: %s", name, exc)
+        except Exception:
+            log.exception("%s failed", name)
+        await asyncio.sleep(interval)

@@ -8,8 +8,9 @@ from datetime import datetime
 
 import asyncpg
 
+from gateway.core.events import Event
 from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
-from gateway.core.ports import ConfirmResult, NewUpload
+from gateway.core.ports import ConfirmResult, NewUpload, Quota
 from gateway.db.errors import translate_db_errors
 
 _STASH_JSON = """(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
@@ -34,28 +35,38 @@ def _select(confirmed_beyond: str = _CONFIRMED_BEYOND, stash: str = _STASH_JSON)
 _SELECT = _select()
 _GET = f"select {_SELECT} from uploads u where u.id = $1"
 
+# An UPDATE ... RETURNING sees the row as it is after the update, so the flags are recomputed
+# from the returned columns in a wrapping select. With an event type, the outbox row is written in
+# the same statement as the state change.
+def _returning(update: str, event: str | None = None) -> str:
+    emit = f", ev as ({_emit(event)})" if event else ""
+    return f"with u as ({update} returning *){emit} select {_SELECT} from u"
+
+
+def _emit(event_type: str, where: str = "true") -> str:
+    return (f"insert into events (upload_id, type, payload) "
+            f"select u.id, '{event_type}', upload_event_payload(row(u.*)::uploads) from u where {where}")
+
+
 _INSERT = f"""
 with u as (
     insert into uploads (id, owner_iss, owner_sub, length, part_size, part_checksum, metadata, metadata_header,
                          bucket, s3_key, multipart_id, state, expires_at, max_expires_at, ended_at)
-    values ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12,
-            now() + make_interval(secs => least($13::float8, $14::float8)), now() + make_interval(secs => $14::float8),
-            case when $12 = 'active' then null else now() end)
+    select $1, $2, $3, $4::bigint, $5::bigint, $6, $7::jsonb, $8, $9, $10, $11, $12,
+           now() + make_interval(secs => least($13::float8, $14::float8)), now() + make_interval(secs => $14::float8),
+           case when $12 = 'active' then null else now() end
+    where $15::bigint is null or (
+        select count(*) < $15::bigint and coalesce(sum(length), 0) + coalesce($4::bigint, 0) <= $16::bigint
+        from uploads where owner_iss = $2 and owner_sub = $3 and state = 'active')
     returning *
-)
+), created as ({_emit("created")}), completed as ({_emit("completed", "u.state = 'completed'")})
 select {_SELECT} from u
 """
-
-# An UPDATE ... RETURNING sees the row as it is after the update, so the flags are recomputed
-# from the returned columns in a wrapping select.
-def _returning(update: str) -> str:
-    return f"with u as ({update} returning *) select {_SELECT} from u"
-
 
 _TERMINATE = _returning("""
     update uploads set state = 'terminated', ended_at = now(), updated_at = now(), writer_gen = writer_gen + 1
     where id = $1 and state <> 'completing'
-""")
+""", "terminated")
 
 _RECORD_SIGNED = f"""
 with u as (
@@ -142,9 +153,54 @@ _CONFIRMED_PARTS = """
     select number, size, etag, checksum from upload_parts where upload_id = $1 order by number
 """
 
-_FINISH = """
+_FINISH = f"""
+with u as (
     update uploads set state = $2, failure_reason = $3, ended_at = now(), updated_at = now()
     where id = $1 and state = 'completing'
+    returning *
+), completed as ({_emit("completed", "u.state = 'completed'")}), failed as ({_emit("failed", "u.state = 'failed'")})
+select 1
+"""
+
+# Active uploads past their expiry: ended in the same statement that claims them (many sweepers may
+# run at once), their stash rows dropped; the caller then aborts their S3 uploads.
+_EXPIRE = f"""
+with u as (
+    update uploads set state = 'expired', ended_at = now(), updated_at = now(), writer_gen = writer_gen + 1
+    where id in (select id from uploads where state = 'active' and expires_at <= now()
+                 order by expires_at limit $1 for update skip locked)
+    returning *
+), expired as ({_emit("expired")}),
+dropped as (delete from upload_stash where upload_id in (select id from u))
+select {_SELECT} from u
+"""
+
+_PURGE_TOMBSTONES = """
+    delete from uploads where id in (
+        select id from uploads where ended_at < now() - make_interval(days => $1) limit $2)
+"""
+
+_PURGE_EVENTS = """
+    delete from events where id in (
+        select id from events where delivered_at < now() - make_interval(days => $1) limit $2)
+"""
+
+_CLAIM_EVENTS = """
+    update events set next_attempt_at = now() + make_interval(secs => $2::float8)
+    where id in (select id from events where delivered_at is null and next_attempt_at <= now()
+                 order by id limit $1 for update skip locked)
+    returning id, upload_id, type, payload, created_at, attempts, acked_urls
+"""
+
+_RECORD_DELIVERY = """
+    update events set acked_urls = $2, attempts = attempts + 1, last_error = $4,
+                      delivered_at = case when $3 then now() end,
+                      next_attempt_at = now() + make_interval(secs => $5::float8)
+    where id = $1
+"""
+
+_LIVE_MULTIPART_IDS = """
+    select multipart_id from uploads where multipart_id = any($1::text[]) and state in ('active', 'completing')
 """
 
 _REOPEN = """
@@ -194,13 +250,20 @@ class PgUploadRepository:
             row = await self.pool.fetchrow(query, *args)
         return _to_upload(row) if row else None
 
-    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload:
-        upload = await self._fetch_upload(
-            _INSERT, new.id, new.owner.issuer, new.owner.subject, new.length, new.part_size,
-            new.part_checksum.value if new.part_checksum else None, json.dumps(new.metadata), new.metadata_header,
-            new.bucket, new.key, new.multipart_id, new.state.value, ttl, max_age)
-        assert upload is not None
-        return upload
+    async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
+        """The new upload, or None when the owner's quota of active uploads or bytes is used up."""
+        args = (new.id, new.owner.issuer, new.owner.subject, new.length, new.part_size,
+                new.part_checksum.value if new.part_checksum else None, json.dumps(new.metadata),
+                new.metadata_header, new.bucket, new.key, new.multipart_id, new.state.value, ttl, max_age,
+                quota.max_uploads if quota else None, quota.max_bytes if quota else None)
+        async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
+            if quota:
+                # Serialises one owner's creations so two cannot both take the last slot. A separate
+                # statement: the insert's snapshot must include whatever the lock waited for.
+                await conn.execute("select pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 0))",
+                                   new.owner.issuer, new.owner.subject)
+            row = await conn.fetchrow(_INSERT, *args)
+        return _to_upload(row) if row else None
 
     async def get(self, upload_id: str) -> Upload | None:
         return await self._fetch_upload(_GET, upload_id)
@@ -257,6 +320,37 @@ class PgUploadRepository:
     async def finish_completing(self, upload_id: str, state: State, reason: str | None = None) -> None:
         async with translate_db_errors():
             await self.pool.execute(_FINISH, upload_id, state.value, reason)
+
+    async def expire_batch(self, limit: int) -> list[Upload]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch(_EXPIRE, limit)
+        return [_to_upload(row) for row in rows]
+
+    async def purge_ended(self, tombstone_days: int, event_days: int, limit: int) -> tuple[int, int]:
+        async with translate_db_errors():
+            uploads = await self.pool.execute(_PURGE_TOMBSTONES, tombstone_days, limit)
+            events = await self.pool.execute(_PURGE_EVENTS, event_days, limit)
+        return int(uploads.split()[-1]), int(events.split()[-1])
+
+    async def live_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch(_LIVE_MULTIPART_IDS, list(multipart_ids))
+        return {r["multipart_id"] for r in rows}
+
+    async def claim_events(self, limit: int, lease_seconds: float) -> list[Event]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch(_CLAIM_EVENTS, limit, lease_seconds)
+        return [Event(r["id"], r["upload_id"], r["type"], json.loads(r["payload"]), r["created_at"], r["attempts"],
+                      tuple(r["acked_urls"])) for r in rows]
+
+    async def record_delivery(self, event_id: int, acked_urls: Sequence[str], delivered: bool,
+                              error: str | None, retry_in: float) -> None:
+        async with translate_db_errors():
+            await self.pool.execute(_RECORD_DELIVERY, event_id, list(acked_urls), delivered, error, retry_in)
+
+    async def backlog(self) -> int:
+        async with translate_db_errors():
+            return int(await self.pool.fetchval("select count(*) from events where delivered_at is null"))
 
     async def reopen(self, upload_id: str, unconfirm: Sequence[int]) -> None:
         async with translate_db_errors():

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
-from gateway.core.ports import CompleteRefused, ListedPart, ObjectHead, PartsPage
+from gateway.core.ports import CompleteRefused, ListedPart, MultipartListing, ObjectHead, PartsPage
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,19 @@ class S3ObjectStore:
                 return None
             raise
         return ObjectHead(int(response["ContentLength"]), dict(response.get("Metadata") or {}))
+
+    async def delete_objects(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            async with _translate("DeleteObjects"):
+                await self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    async def list_multipart_uploads(self, prefix: str) -> AsyncIterator[MultipartListing]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        async with _translate("ListMultipartUploads"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Uploads", []):
+                    yield MultipartListing(str(item["Key"]), str(item["UploadId"]), item["Initiated"])
 
     async def ping(self) -> None:
         async with _translate("HeadBucket"):
