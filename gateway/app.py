@@ -22,9 +22,10 @@ from gateway.core.worker import CompletionWorker, Sweeper, run_periodically
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
 from gateway.hooks import HttpCreateHook, HttpWebhookSender
+from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
 from gateway.http.auth import Authenticator
 from gateway.http.demo import setup_demo
-from gateway.http.keys import AUTHENTICATOR, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
+from gateway.http.keys import AUTHENTICATOR, METRICS_SAMPLERS, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
 from gateway.http.routes import setup_http
 from gateway.s3.presign import S3PartSigner
 from gateway.s3.sigv4 import Credentials, SigV4Signer
@@ -111,6 +112,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await pool.fetchval("select 1")
 
         app[READINESS_CHECKS] = {"postgres": database_ready, "s3": service.store.ping}
+
+        async def sample_gauges() -> None:
+            DB_POOL_SIZE.labels("open").set(pool.get_size())
+            DB_POOL_SIZE.labels("idle").set(pool.get_idle_size())
+            for state, count in (await repo.count_by_state()).items():
+                UPLOADS.labels(state).set(count)
+            WEBHOOK_BACKLOG.set(await repo.backlog())
+
+        app[METRICS_SAMPLERS] = [sample_gauges]
         jobs = [run_periodically("sweeper", min(settings.sweep_interval, settings.completion_retry_after / 2),
                                  background.sweeper.run_once)]
         if background.dispatcher is not None:
@@ -130,7 +140,7 @@ def create_app(settings: Settings, **app_options: Any) -> web.Application:
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = Authenticator(settings)
     app.cleanup_ctx.append(_resources)
-    setup_http(app, settings.base_path, settings.cors_origins)
+    setup_http(app)
     if settings.demo_page:
         setup_demo(app)
     return app

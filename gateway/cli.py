@@ -16,6 +16,7 @@ import jwt
 from aiohttp import web
 
 from gateway.config import ConfigError, Settings, load_settings, parse_size
+from gateway.logs import configure_logging
 
 log = logging.getLogger("gateway")
 
@@ -83,6 +84,19 @@ def sweep_command(args: argparse.Namespace) -> None:
                   f"events, delivered {delivered} events; webhook backlog {await repo.backlog()}")
 
     asyncio.run(run())
+
+
+def s3_setup_command(args: argparse.Namespace) -> None:
+    """Apply the bucket's CORS and lifecycle rules (idempotent); see gateway/s3/setup.py."""
+    from gateway.s3.setup import SetupError, apply_bucket_setup
+
+    # Only the S3 settings matter here, so JWT settings are not required (auth plays no part).
+    settings = load_settings(auth="none")
+    try:
+        result = asyncio.run(apply_bucket_setup(settings, create_bucket=args.create_bucket))
+    except SetupError as exc:
+        raise SystemExit(f"gateway s3 setup: {exc}") from None
+    print("\n".join(result.describe()))
 
 
 def _dev_secret(data_dir: Path) -> str:
@@ -179,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.set_defaults(func=dev)
     sweep_parser = commands.add_parser("sweep", help="run the expiry/cleanup/delivery pass once (serve runs it periodically)")
     sweep_parser.set_defaults(func=sweep_command)
+    s3_parser = commands.add_parser("s3", help="S3 bucket administration")
+    s3_commands = s3_parser.add_subparsers(dest="s3_command", required=True)
+    s3_setup_parser = s3_commands.add_parser("setup", help="apply the bucket's CORS and lifecycle rules (idempotent)")
+    s3_setup_parser.add_argument("--create-bucket", action="store_true", help="create the bucket if it is missing")
+    s3_setup_parser.set_defaults(func=s3_setup_command)
     migrate_parser = commands.add_parser("migrate", help="apply database migrations (idempotent)")
     migrate_parser.set_defaults(func=migrate_command)
     token_parser = commands.add_parser("token", help="mint an HS256 token with GATEWAY_JWT_SECRET")
@@ -199,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # Humans read `dev` and one-shot commands; `serve` logs JSON lines for collectors.
+    default_format = "json" if args.command == "serve" else "text"
+    configure_logging(os.environ.get("GATEWAY_LOG_FORMAT", default_format))
     try:
         args.func(args)
     except ConfigError as exc:

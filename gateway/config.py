@@ -67,6 +67,11 @@ class Settings:
     webhook_secret: str = ""
     pre_create_hook_url: str = ""
     hook_timeout: float = 5.0
+    # Per owner and process: sign/confirm/list requests per second (429 beyond), HEADs per second (423).
+    rate_limit_parts: float = 50.0
+    rate_limit_head: float = 20.0
+    access_log: bool = True
+    log_format: str = "json"
     # Serve the browser demo page at / (gateway dev turns it on).
     demo_page: bool = False
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
@@ -154,6 +159,12 @@ def _parse_bool(text: str) -> bool:
     return value in ("1", "true", "yes", "on")
 
 
+def _parse_log_format(text: str) -> str:
+    if text.strip() not in ("json", "text"):
+        raise ValueError("must be 'json' or 'text'")
+    return text.strip()
+
+
 def _parse_auth(text: str) -> str:
     if text not in ("jwt", "none"):
         raise ValueError("must be 'jwt' or 'none'")
@@ -180,6 +191,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "jwt_public_keys": _parse_paths,
     "auth": _parse_auth,
     "demo_page": _parse_bool,
+    "rate_limit_parts": float,
+    "rate_limit_head": float,
+    "access_log": _parse_bool,
+    "log_format": _parse_log_format,
     "max_active_uploads_per_owner": _parse_int,
     "max_active_bytes_per_owner": parse_size,
     "sweep_interval": parse_duration,

@@ -12,6 +12,7 @@ from gateway.core.events import Event
 from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
 from gateway.core.ports import ConfirmResult, NewUpload, Quota
 from gateway.db.errors import translate_db_errors
+from gateway.metrics import BYTES_CONFIRMED
 
 _STASH_JSON = """(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
      from upload_stash s where s.upload_id = u.id)"""
@@ -285,7 +286,10 @@ class PgUploadRepository:
             row = await self.pool.fetchrow(
                 _CONFIRM, upload_id, [p.number for p in parts], [p.size for p in parts],
                 [p.etag for p in parts], [p.checksum for p in parts], ttl, writer_gen)
-        return ConfirmResult(_to_upload(row), row["started_completing"]) if row else None
+        if row is None:
+            return None
+        BYTES_CONFIRMED.labels("direct" if writer_gen is None else "proxy").inc(sum(p.size for p in parts))
+        return ConfirmResult(_to_upload(row), row["started_completing"])
 
     async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
         return await self._fetch_upload(_CLAIM_WRITER, upload_id, offset, ttl)
@@ -347,6 +351,11 @@ class PgUploadRepository:
                               error: str | None, retry_in: float) -> None:
         async with translate_db_errors():
             await self.pool.execute(_RECORD_DELIVERY, event_id, list(acked_urls), delivered, error, retry_in)
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with translate_db_errors():
+            rows = await self.pool.fetch("select state, count(*) as n from uploads group by state")
+        return {r["state"]: r["n"] for r in rows}
 
     async def backlog(self) -> int:
         async with translate_db_errors():

@@ -18,4 +18,6 @@ PROXY = web.AppKey("proxy", ProxyUploads)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Named probes of the dependencies for /readyz: each raises when its dependency does not answer.
 READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Callable[[], Awaitable[None]]])
+# Refresh scrape-time gauges (uploads by state, backlog, pool) before /metrics answers.
+METRICS_SAMPLERS = web.AppKey("metrics_samplers", list[Callable[[], Awaitable[None]]])
 OWNER = web.RequestKey("owner", Owner)

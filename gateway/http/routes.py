@@ -11,7 +11,8 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.http import parts, patch, tus
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
-from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS
+from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
+from gateway.http.observability import TokenBuckets, metrics, observability_middleware, rate_limit_middleware
 
 # Route names: `tus.*` require Tus-Resumable; `public.*` need no token.
 _UPLOAD_ID = "{upload_id:[A-Za-z0-9_-]{16,64}}"
@@ -62,6 +63,7 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     router = app.router
     router.add_get("/healthz", healthz, name="public.healthz")
     router.add_get("/readyz", readyz, name="public.readyz")
+    router.add_get("/metrics", metrics, name="public.metrics")
 
     collection = router.add_resource(base_path, name="tus.collection")
     collection.add_route("OPTIONS", tus.options)
@@ -89,8 +91,12 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     part.add_route("PUT", parts.confirm_one)
 
 
-def setup_http(app: web.Application, base_path: str, cors_origins: tuple[str, ...]) -> None:
-    app.middlewares.extend([cors_middleware(cors_origins), error_middleware, tus_resumable_middleware,
-                            auth_middleware])
+def setup_http(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    parts = TokenBuckets(settings.rate_limit_parts, 2 * settings.rate_limit_parts) if settings.rate_limit_parts else None
+    head = TokenBuckets(settings.rate_limit_head, 2 * settings.rate_limit_head) if settings.rate_limit_head else None
+    app.middlewares.extend([observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
+                            error_middleware, tus_resumable_middleware, auth_middleware,
+                            rate_limit_middleware(parts, head)])
     app.on_response_prepare.append(_tus_resumable_header)
-    setup_routes(app, base_path)
+    setup_routes(app, settings.base_path)

@@ -15,6 +15,7 @@ from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, ListedPart, MultipartListing, ObjectHead, PartsPage
+from gateway.metrics import timed_s3_call
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ async def s3_client(settings: Settings) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def _translate(operation: str, not_found: tuple[str, ...] = ()) -> AsyncIterator[None]:
     try:
-        yield
+        with timed_s3_call(operation):
+            yield
     except ClientError as exc:
         code = _error_code(exc)
         if code in not_found:

@@ -17,6 +17,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.core.errors import ErrorCode, UploadError
+from gateway.metrics import timed_s3_call
 from gateway.s3.sigv4 import SigV4Signer
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,14 @@ class S3ByteStore:
 
     async def _put(self, key: str, size: int, body: AsyncIterator[bytes], query: dict[str, str] | None,
                    operation: str) -> str:
-        response = await self._request("PUT", key, query=query, headers={"Content-Length": str(size)}, body=body,
-                                       operation=operation)
-        async with response:
-            text = await response.text()
-            if response.status != 200:
-                raise _storage_error(operation, f"{response.status} {text[:300]}")
-            return response.headers.get("ETag", "")
+        with timed_s3_call(operation):
+            response = await self._request("PUT", key, query=query, headers={"Content-Length": str(size)},
+                                           body=body, operation=operation)
+            async with response:
+                text = await response.text()
+                if response.status != 200:
+                    raise _storage_error(operation, f"{response.status} {text[:300]}")
+                return response.headers.get("ETag", "")
 
     async def upload_part(self, key: str, multipart_id: str, number: int, size: int,
                           body: AsyncIterator[bytes]) -> str:

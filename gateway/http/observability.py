@@ -1,0 +1,108 @@
+"""Request ids, access logs, Prometheus metrics and per-owner rate limits."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.http.keys import METRICS_SAMPLERS, OWNER
+from gateway.metrics import REQUEST_SECONDS, REQUESTS
+
+REQUEST_ID = contextvars.ContextVar("request_id", default="-")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+access_log = logging.getLogger("gateway.access")
+
+
+def _route(request: web.Request) -> str:
+    route = request.match_info.route
+    return route.name or ("unmatched" if route.resource is None else route.resource.canonical)
+
+
+def observability_middleware(log_requests: bool) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-Id", "")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        response = await handler(request)
+        elapsed = time.perf_counter() - started
+        response.headers["X-Request-Id"] = request_id
+        route = _route(request)
+        REQUESTS.labels(route, request.method, str(response.status)).inc()
+        REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+        if log_requests:
+            # The path only: query strings may carry signatures.
+            access_log.info("%s %s %d %.1fms", request.method, request.path, response.status, elapsed * 1000,
+                            extra={"route": route, "status": response.status, "duration_ms": round(elapsed * 1000, 1)})
+        return response
+
+    return middleware
+
+
+async def metrics(request: web.Request) -> web.Response:
+    for sample in request.app.get(METRICS_SAMPLERS, ()):
+        try:
+            await sample()
+        except UploadError:
+            pass  # a dependency is down: serve the process metrics anyway
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class TokenBuckets:
+    """Per-owner token buckets of one process (with several instances each keeps its own)."""
+
+    def __init__(self, rate: float, burst: float, max_owners: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_owners = max_owners
+        self.buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: Any) -> float:
+        """0 when allowed, else the seconds until a token is available."""
+        now = time.monotonic()
+        tokens, last = self.buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self.buckets[key] = (tokens, now)
+        if len(self.buckets) > self.max_owners:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+def rate_limit_middleware(parts: TokenBuckets | None, head: TokenBuckets | None) -> Any:
+    """Sign/confirm/list answer 429; HEAD answers 423 (tus-js-client retries 423 but restarts the
+    upload from byte 0 on other HEAD errors)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        name = request.match_info.route.name or ""
+        owner = request.get(OWNER)
+        if owner is not None:
+            if parts is not None and name.startswith("parts.") and request.method != "OPTIONS":
+                wait = parts.take(owner)
+                if wait:
+                    raise UploadError(ErrorCode.RATE_LIMITED, "too many requests; slow down",
+                                      retry_after=math.ceil(wait))
+            elif head is not None and name == "tus.upload" and request.method == "HEAD":
+                wait = head.take(owner)
+                if wait:
+                    raise UploadError(ErrorCode.UPLOAD_LOCKED, "too many HEAD requests; retry shortly",
+                                      retry_after=math.ceil(wait))
+        return await handler(request)
+
+    return middleware
