@@ -34,8 +34,9 @@ def mint_token(secret: str, subject: str, *, audience: str, issuer: str, ttl: in
 def _run_app(settings: Settings) -> None:
     from gateway.app import create_app
 
+    # SIGTERM: stop listening, give in-flight requests shutdown_timeout, then close.
     web.run_app(create_app(settings), host=settings.host, port=settings.port, reuse_port=True,
-                access_log=None, print=None, shutdown_timeout=30)
+                access_log=None, print=None, shutdown_timeout=settings.shutdown_timeout)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -67,6 +67,8 @@ class Settings:
     webhook_secret: str = ""
     pre_create_hook_url: str = ""
     hook_timeout: float = 5.0
+    # On SIGTERM: stop accepting, let in-flight requests (a PATCH streaming a part) finish this long.
+    shutdown_timeout: float = 30.0
     # Per owner and process: sign/confirm/list requests per second (429 beyond), HEADs per second (423).
     rate_limit_parts: float = 50.0
     rate_limit_head: float = 20.0
@@ -191,6 +193,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "jwt_public_keys": _parse_paths,
     "auth": _parse_auth,
     "demo_page": _parse_bool,
+    "shutdown_timeout": parse_duration,
     "rate_limit_parts": float,
     "rate_limit_head": float,
     "access_log": _parse_bool,

@@ -23,7 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from asyncpg import Connection
 
+from gateway.config import Settings
+from gateway.embedded import StackInfo
 from tests.conftest import Gateway, auth, make_settings, start_gateway, token, upload_id
 from tests.direct import MiB, stored_bytes
 
@@ -44,7 +47,7 @@ pytestmark = pytest.mark.skipif(_node_major() < 20,
                                 reason="the JavaScript tus client tests need Node.js 20+ (`node` on PATH)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def js_packages() -> Path:
     """tests/js/node_modules as pinned by package-lock.json: `npm ci` when missing or stale."""
     lock = JS / "package-lock.json"
@@ -80,7 +83,11 @@ async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_T
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise NodeFailed(script, None, f"still running after {timeout:.0f}s, killed") from None
+    except asyncio.CancelledError:
         process.kill()
         await process.wait()
         raise
@@ -106,7 +113,7 @@ def write_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-async def stored_sha256(db, s3, location: str) -> str:  # type: ignore[no-untyped-def]
+async def stored_sha256(db: Connection, s3: Any, location: str) -> str:
     row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
     assert row is not None, f"no upload row for {location}"
     assert row["state"] == "completed", row["state"]
@@ -124,14 +131,14 @@ def patches(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def small_parts(stack) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+async def small_parts(stack: StackInfo) -> AsyncIterator[Gateway]:
     """A gateway with 5 MiB parts, so a few MiB of data already spans several S3 parts."""
     async for gw in start_gateway(make_settings(stack, part_size=PART)):
         yield gw
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Any) -> AsyncIterator[Gateway]:
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
     instance = start_gateway(settings)
     gw = await instance.__anext__()
     try:
@@ -157,8 +164,8 @@ class RequestHead:
 def parse_head(data: bytes) -> RequestHead:
     lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     method, path, _ = lines[0].split(" ", 2)
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return RequestHead(method, path, {name.lower(): value for name, value in headers.items()})
+    fields = (line.partition(":") for line in lines[1:])
+    return RequestHead(method, path, {name.strip().lower(): value.strip() for name, _, value in fields})
 
 
 def through(proxy: CuttingProxy, gw: Gateway) -> str:
@@ -199,6 +206,9 @@ class CuttingProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+    def requests(self, method: str) -> list[RequestHead]:
+        return [head for head in self.heads if head.method == method]
 
     def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.ensure_future(self._serve(client_reader, client_writer))
@@ -248,14 +258,10 @@ class CuttingProxy:
             server_writer.transport.abort()
 
 
-    def requests(self, method: str) -> list[RequestHead]:
-        return [head for head in self.heads if head.method == method]
-
-
 # --- tus-js-client ---------------------------------------------------------------------------------------
 
 
-async def test_default_options_one_patch(js_packages: Path, gateway: Gateway, db, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_default_options_one_patch(gateway: Gateway, db: Connection, s3: Any, tmp_path: Path) -> None:
     """chunkSize Infinity: a POST, then the whole file streamed in one PATCH, across 16 MiB parts."""
     path = tmp_path / "default.bin"
     digest = write_file(path, 20 * MiB + 7)
@@ -280,8 +286,8 @@ async def test_default_options_one_patch(js_packages: Path, gateway: Gateway, db
     (12 * MiB, 25 * MiB + 1, "file"),        # each PATCH spans several parts
     (12 * MiB, 25 * MiB + 1, "buffer"),
 ])
-async def test_chunk_sizes(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
-                           chunk: int, size: int, source: str) -> None:
+async def test_chunk_sizes(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path, chunk: int, size: int,
+                           source: str) -> None:
     path = tmp_path / "chunks.bin"
     digest = write_file(path, size)
     result = await run_node("tus_upload.mjs", tus_options(small_parts, path, chunkSize=chunk, source=source))
@@ -292,7 +298,7 @@ async def test_chunk_sizes(js_packages: Path, small_parts: Gateway, db, s3, tmp_
 
 
 @pytest.mark.parametrize("chunk", [None, 3 * MiB])
-async def test_upload_data_during_creation(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+async def test_upload_data_during_creation(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path,
                                            chunk: int | None) -> None:
     path = tmp_path / "creation.bin"
     size = 8 * MiB + 11
@@ -313,8 +319,8 @@ async def test_upload_data_during_creation(js_packages: Path, small_parts: Gatew
     (11 * MiB + 99, "reader"),
     (10 * MiB, "reader"),  # the last PATCH is empty: Upload-Length and no body
 ])
-async def test_deferred_length(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
-                               size: int, source: str) -> None:
+async def test_deferred_length(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path, size: int,
+                               source: str) -> None:
     """uploadLengthDeferred: Upload-Defer-Length on POST, Upload-Length on the last PATCH.
 
     "stream" is a plain Readable (tus-js-client's StreamSource); "reader" a custom fileReader without a size.
@@ -323,8 +329,9 @@ async def test_deferred_length(js_packages: Path, small_parts: Gateway, db, s3, 
     digest = write_file(path, size)
     chunk = 2 * MiB
     async with CuttingProxy(gateway_port(small_parts)) as proxy:
-        result = await run_node("tus_upload.mjs", tus_options(small_parts, path, source=source, chunkSize=chunk,
-                                                              uploadLengthDeferred=True, endpoint=through(proxy, small_parts)))
+        options = tus_options(small_parts, path, source=source, chunkSize=chunk, uploadLengthDeferred=True,
+                              endpoint=through(proxy, small_parts))
+        result = await run_node("tus_upload.mjs", options)
     create = result["requests"][0]
     assert create["headers"].get("Upload-Defer-Length") == "1" and "Upload-Length" not in create["headers"]
     sent = patches(result)
@@ -349,7 +356,7 @@ TUS_JS_CLIENT_779 = (
     "PATCH with Upload-Length and never calls onSuccess/onError; the gateway is not involved")
 
 
-async def test_deferred_length_aligned_stream_stalls_the_client(js_packages: Path, small_parts: Gateway, db, s3,  # type: ignore[no-untyped-def]
+async def test_deferred_length_aligned_stream_stalls_the_client(small_parts: Gateway, db: Connection, s3: Any,
                                                                 tmp_path: Path) -> None:
     """The client stalls (known bug); the gateway holds every byte and the length can still be declared."""
     path = tmp_path / "aligned.bin"
@@ -378,7 +385,7 @@ async def test_deferred_length_aligned_stream_stalls_the_client(js_packages: Pat
 # --- resuming -------------------------------------------------------------------------------------------
 
 
-async def test_resumes_after_connection_cut_mid_patch(js_packages: Path, small_parts: Gateway, db, s3,  # type: ignore[no-untyped-def]
+async def test_resumes_after_connection_cut_mid_patch(small_parts: Gateway, db: Connection, s3: Any,
                                                       tmp_path: Path) -> None:
     """The connection dies mid-PATCH; tus-js-client retries by itself: HEAD, then PATCH from the offset.
 
@@ -402,7 +409,8 @@ async def test_resumes_after_connection_cut_mid_patch(js_packages: Path, small_p
         result = await run_node("tus_upload.mjs", tus_options(small_parts, path, endpoint=endpoint,
                                                               retryDelays=[0, 200, 500]))
     assert proxy.cuts == 1 and proxy.connections >= 2
-    assert result["retries"] == 1 and "ECONNRESET" in result["_stderr"], result["_stderr"]
+    assert result["retries"] == 1, result["_stderr"]
+    assert "failed to upload chunk at offset 0" in result["_stderr"]  # a network error (ECONNRESET/EPIPE)
     assert result["url"].startswith(endpoint + "/")  # Location was built from the proxy's Host
     trace = [(r["method"], r.get("status"), r.get("offset")) for r in result["requests"]]
     # the cut PATCH has no response; the retry asks where to go on and sends the rest
@@ -416,7 +424,7 @@ async def test_resumes_after_connection_cut_mid_patch(js_packages: Path, small_p
     assert await stored_sha256(db, s3, result["url"]) == digest
 
 
-async def test_resume_in_a_second_run_from_file_url_storage(js_packages: Path, small_parts: Gateway, db, s3,  # type: ignore[no-untyped-def]
+async def test_resume_in_a_second_run_from_file_url_storage(small_parts: Gateway, db: Connection, s3: Any,
                                                             tmp_path: Path) -> None:
     path = tmp_path / "resume.bin"
     size = 8 * MiB + 1234
@@ -437,7 +445,43 @@ async def test_resume_in_a_second_run_from_file_url_storage(js_packages: Path, s
     assert await stored_sha256(db, s3, second["url"]) == digest
 
 
-async def test_resume_on_another_gateway_instance(js_packages: Path, stack, db, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_abort_with_terminate_deletes_the_upload(small_parts: Gateway, db: Connection, tmp_path: Path) -> None:
+    """upload.abort(true): tus-js-client sends DELETE (termination) and forgets the stored URL."""
+    path = tmp_path / "terminate.bin"
+    write_file(path, 4 * MiB)
+    storage = tmp_path / "tus-urls.json"
+    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, chunkSize=MiB, urlStorage=str(storage),
+                                                          abortAfterChunks=1, terminate=True))
+    assert result["aborted"] and result["terminated"]
+    delete = result["requests"][-1]
+    assert delete["method"] == "DELETE" and delete["status"] == 204 and delete["url"] == result["url"]
+    assert json.loads(storage.read_text()) == {}
+    assert await db.fetchval("select state from uploads where id = $1", upload_id(result["url"])) == "terminated"
+    async with small_parts.http.head(result["url"], headers=auth("js-user")) as response:
+        assert response.status in (404, 410)
+
+
+async def test_stored_url_of_a_terminated_upload_starts_over(small_parts: Gateway, db: Connection, s3: Any,
+                                                             tmp_path: Path) -> None:
+    """Resuming a URL the server no longer knows: HEAD answers 4xx, tus-js-client drops it and POSTs anew."""
+    path = tmp_path / "stale.bin"
+    size = 4 * MiB + 5
+    digest = write_file(path, size)
+    storage = tmp_path / "tus-urls.json"
+    options = tus_options(small_parts, path, chunkSize=MiB, urlStorage=str(storage), resume=True)
+    first = await run_node("tus_upload.mjs", {**options, "abortAfterChunks": 1})
+    async with small_parts.http.delete(first["url"], headers=auth("js-user")) as response:
+        assert response.status == 204
+    second = await run_node("tus_upload.mjs", options)
+    assert second["previousUploads"] == 1 and second["url"] != first["url"]
+    trace = [(r["method"], r["status"]) for r in second["requests"]][:3]
+    assert trace[0][0] == "HEAD" and trace[0][1] in (404, 410) and trace[1] == ("POST", 201), trace
+    assert second["sentThisRun"] == size
+    assert [e["uploadUrl"] for e in json.loads(storage.read_text()).values()] == [second["url"]]
+    assert await stored_sha256(db, s3, second["url"]) == digest
+
+
+async def test_resume_on_another_gateway_instance(stack: StackInfo, db: Connection, s3: Any, tmp_path: Path) -> None:
     """Two gateways share Postgres and S3: start on A, abort, resume the same upload on B."""
     path = tmp_path / "two.bin"
     size = 13 * MiB + 77
@@ -463,7 +507,7 @@ async def test_resume_on_another_gateway_instance(js_packages: Path, stack, db, 
 
 
 @pytest.mark.parametrize("chunk", [None, 4 * MiB])
-async def test_uppy_with_tus_plugin(js_packages: Path, small_parts: Gateway, db, s3, tmp_path: Path,  # type: ignore[no-untyped-def]
+async def test_uppy_with_tus_plugin(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path,
                                     chunk: int | None) -> None:
     path = tmp_path / "uppy photo.bin"
     size = 9 * MiB + 321

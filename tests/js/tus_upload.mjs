@@ -14,6 +14,7 @@
 //   urlStorage    path of a JSON file: use tus-js-client's FileUrlStorage there (fingerprints persist)
 //   resume        true: findPreviousUploads() and resumeFromPreviousUpload(the first one) before start()
 //   abortAfterChunks  N: call upload.abort() after the Nth accepted chunk and report (exit 0)
+//   terminate     with abortAfterChunks: upload.abort(true), i.e. DELETE the upload (termination)
 //
 // Prints one JSON line on stdout. On success:
 //   {"url", "bytesUploaded", "sentThisRun", "startOffset", "resumed", "previousUploads",
@@ -85,16 +86,19 @@ let startOffset = null
 let retries = 0
 let finished = false
 
-function report(result, code = 0) {
+// No process.exit(): Node exits once tus-js-client is idle, so work it does not await is done too
+// (abort(true) resolves before the URL storage entry is removed, for one).
+function report(result) {
   if (finished) return
   finished = true
-  process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(code))
+  process.stdout.write(`${JSON.stringify(result)}\n`)
 }
 
 function fail(message) {
   if (finished) return
   finished = true
-  process.stderr.write(`${message}\n`, () => process.exit(1))
+  process.exitCode = 1
+  process.stderr.write(`${message}\n`)
 }
 
 const tusOptions = {}
@@ -129,16 +133,23 @@ const upload = new Upload(openSource(options.source, options.file), {
       startOffset = Number.parseInt(res.getHeader('Upload-Offset') ?? '0', 10)
     }
   },
+  // tus-js-client's default decision (retry unless a 4xx other than 409/423), counted and logged.
   onShouldRetry(err, retryAttempt) {
-    retries += 1
     const status = err.originalResponse ? err.originalResponse.getStatus() : 0
-    console.error(`tus: retry #${retryAttempt + 1} after: ${err.message}`)
-    return status < 400 || status >= 500 || status === 409 || status === 423
+    const retry = status < 400 || status >= 500 || status === 409 || status === 423
+    if (retry) {
+      retries += 1
+      console.error(`tus: retry #${retryAttempt + 1} after: ${err.message}`)
+    }
+    return retry
   },
   onChunkComplete(chunkSize, bytesAccepted, bytesTotal) {
     chunks.push({ chunkSize, bytesAccepted, bytesTotal })
     if (options.abortAfterChunks && chunks.length >= options.abortAfterChunks) {
-      upload.abort().then(() => report(summary({ aborted: true })))
+      upload
+        .abort(Boolean(options.terminate))
+        .then(() => report(summary({ aborted: true, terminated: Boolean(options.terminate) })))
+        .catch((err) => fail(`abort failed: ${err.message ?? err}`))
     }
   },
   onSuccess() {

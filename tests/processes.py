@@ -1,0 +1,69 @@
+"""The gateway as a real process (`gateway serve`), for tests that kill, stop and restart things."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway.embedded import StackInfo, free_port
+from tests.conftest import AUDIENCE, ISSUER, SECRET
+
+
+class GatewayProcess:
+    def __init__(self, stack: StackInfo, log_dir: Path, *, database_url: str | None = None,
+                 s3_endpoint_url: str | None = None, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"gateway-{self.port}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.env.update({
+            "GATEWAY_DATABASE_URL": database_url or stack.database_url,
+            "GATEWAY_S3_ENDPOINT_URL": s3_endpoint_url or stack.s3_endpoint_url,
+            "GATEWAY_S3_BUCKET": stack.s3_bucket, "GATEWAY_S3_REGION": stack.s3_region,
+            "GATEWAY_S3_ACCESS_KEY_ID": stack.s3_access_key_id,
+            "GATEWAY_S3_SECRET_ACCESS_KEY": stack.s3_secret_access_key,
+            "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_JWT_AUDIENCE": AUDIENCE, "GATEWAY_JWT_ISSUER": ISSUER,
+            "GATEWAY_PORT": str(self.port), "GATEWAY_ACCESS_LOG": "false",
+            "GATEWAY_RATE_LIMIT_PARTS": "0", "GATEWAY_RATE_LIMIT_HEAD": "0",
+            **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+        })
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=self.env,
+                                            stdout=log, stderr=log)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
+                return
+            except OSError:
+                assert self.process is not None
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not start:\n{self.log.read_text()[-3000:]}") from None
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no goodbye."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
