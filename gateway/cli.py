@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jwt
-from aiohttp import web
 
 from gateway.config import ConfigError, Settings, load_settings, parse_size
 from gateway.logs import configure_logging
@@ -33,10 +32,9 @@ def mint_token(secret: str, subject: str, *, audience: str, issuer: str, ttl: in
 
 def _run_app(settings: Settings) -> None:
     from gateway.app import create_app
+    from gateway.serve import run
 
-    # SIGTERM: stop listening, give in-flight requests shutdown_timeout, then close.
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, reuse_port=True,
-                access_log=None, print=None, shutdown_timeout=settings.shutdown_timeout)
+    run(create_app(settings), settings)
 
 
 def serve(args: argparse.Namespace) -> None:

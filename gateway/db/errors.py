@@ -11,15 +11,16 @@ from gateway.core.errors import ErrorCode, UploadError
 
 log = logging.getLogger(__name__)
 
+# Everything that means "the database cannot answer right now": refused or broken connections,
+# server shutdown/restart, a connection left in a bad state by a drop (InternalClientError).
 _UNAVAILABLE = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.QueryCanceledError,
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import math
@@ -26,6 +27,27 @@ access_log = logging.getLogger("gateway.access")
 def _route(request: web.Request) -> str:
     route = request.match_info.route
     return route.name or ("unmatched" if route.resource is None else route.resource.canonical)
+
+
+class InFlight:
+    """Counts requests being handled, so a shutdown can wait for them (aiohttp's own graceful
+    shutdown stops reading request bodies, which would cut every PATCH in flight)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.count += 1
+        self.idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self.idle.set()
 
 
 def observability_middleware(log_requests: bool) -> Any:

@@ -12,7 +12,9 @@ from gateway.http import parts, patch, tus
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
-from gateway.http.observability import TokenBuckets, metrics, observability_middleware, rate_limit_middleware
+from gateway.http.observability import (
+    InFlight, TokenBuckets, metrics, observability_middleware, rate_limit_middleware,
+)
 
 # Route names: `tus.*` require Tus-Resumable; `public.*` need no token.
 _UPLOAD_ID = "{upload_id:[A-Za-z0-9_-]{16,64}}"
@@ -91,11 +93,15 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     part.add_route("PUT", parts.confirm_one)
 
 
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
 def setup_http(app: web.Application) -> None:
     settings = app[SETTINGS]
+    app[IN_FLIGHT] = InFlight()
     parts = TokenBuckets(settings.rate_limit_parts, 2 * settings.rate_limit_parts) if settings.rate_limit_parts else None
     head = TokenBuckets(settings.rate_limit_head, 2 * settings.rate_limit_head) if settings.rate_limit_head else None
-    app.middlewares.extend([observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
+    app.middlewares.extend([app[IN_FLIGHT].middleware, observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
                             error_middleware, tus_resumable_middleware, auth_middleware,
                             rate_limit_middleware(parts, head)])
     app.on_response_prepare.append(_tus_resumable_header)
