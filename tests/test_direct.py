@@ -336,3 +336,19 @@ async def test_random_order_many_parts_with_duplicates(gateway: Gateway, db, s3)
         assert response.status == 204 and response.headers["Upload-Offset"] == str(len(data))
     upload = await row(db, location)
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
+
+
+async def test_confirm_sees_every_part_when_the_store_lists_by_name(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """SeaweedFS lists parts by file name (10000 sorts before 1000): a batch confirm must still see
+    parts 1000..1005 rather than call them missing."""
+    location = await gateway.create(None, **HINT)
+    upload = await row(db, location)
+    for number in [*range(1, 1006), 10000]:  # tiny parts: what is observable is which ones are seen
+        s3.upload_part(Bucket=upload["bucket"], Key=upload["s3_key"], UploadId=upload["multipart_id"],
+                       PartNumber=number, Body=b"x")
+    async with gateway.http.put(f"{location}/parts", json={"parts": list(range(1, 1006))},
+                                headers=auth()) as response:
+        assert response.status == 409
+        error = (await response.json())["error"]
+    assert error["code"] == "size_mismatch"  # not part_not_visible: all 1,005 were found
+    assert [p["number"] for p in error["details"]["parts"]] == list(range(1, 1006))

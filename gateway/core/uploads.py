@@ -364,20 +364,33 @@ class UploadService:
         return found
 
     async def _list_from(self, upload: Upload, wanted: Sequence[int]) -> dict[int, ListedPart]:
+        """ListParts pages from just before the first wanted part until all are seen or the listing ends.
+
+        The marker only ever moves to just before the first part still missing: some stores list by
+        name (SeaweedFS puts part 10000 before 1000) or list stale duplicates, so neither "past the
+        last wanted number" nor NextPartNumberMarker can be trusted to skip ahead.
+        """
         want = set(wanted)
-        last = max(wanted)
-        page_size = PROBE_MAX_PARTS if len(wanted) == 1 else LIST_PAGE
-        marker = min(wanted) - 1
+        page_size = PROBE_MAX_PARTS if len(want) == 1 else LIST_PAGE
+        marker = min(want) - 1
         found: dict[int, ListedPart] = {}
         while True:
             page = await self.store.list_parts(upload.key, upload.multipart_id or "", marker, page_size)
+            progress = False
             for part in page.parts:
                 if part.number in want and self._better(upload, part, found.get(part.number)):
+                    progress = progress or part.number not in found
                     found[part.number] = part
-            highest = max((p.number for p in page.parts), default=marker)
-            if not page.truncated or highest > last or page.next_marker <= marker:
+            missing = want - found.keys()
+            if not missing or not page.truncated:
                 return found
-            marker = page.next_marker
+            if min(missing) - 1 > marker:
+                marker = min(missing) - 1
+            elif not progress and page_size < LIST_PAGE:
+                page_size = LIST_PAGE  # a probe filled by duplicates of the part before: look further
+                continue
+            else:
+                return found
             page_size = LIST_PAGE
 
     @staticmethod
@@ -453,8 +466,9 @@ class UploadService:
     async def _after_invalid_part(self, upload: Upload, parts: list[ConfirmedPart]) -> State:
         """Re-list, re-record ETags and retry once; else reopen with the refused parts unconfirmed."""
         listed = await self._list_from(upload, [p.number for p in parts])
-        fresh = [self._confirmed(listed[p.number]) for p in parts
-                 if p.number in listed and listed[p.number].size == p.size]
+        # ListParts may not return checksums (SeaweedFS, moto): keep the recorded ones then.
+        fresh = [ConfirmedPart(p.number, p.size, listed[p.number].etag, listed[p.number].checksum or p.checksum)
+                 for p in parts if p.number in listed and listed[p.number].size == p.size]
         bad = sorted({p.number for p in parts} - {p.number for p in fresh})
         if not bad:
             try:
