@@ -195,8 +195,10 @@ class SignedPart:
 
 
 class PartSigner(Protocol):
-    def sign_part(self, key: str, multipart_id: str, number: int, size: int, *, checksum_header: tuple[str, str] | None,
-                  expires_in: int) -> SignedPart: ...
+    def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
+                  checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
+        """A presigned UploadPart; size None leaves Content-Length unsigned."""
+        ...
 
     def sign_download(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str: ...
 

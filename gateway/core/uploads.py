@@ -208,7 +208,7 @@ class UploadService:
     # -- sign ---------------------------------------------------------------------------------------
 
     async def sign(self, upload_id: str, owner: Owner, requests: Sequence[PartRequest],
-                   length: int | None) -> SignResult:
+                   length: int | None, *, pin_length: bool = True) -> SignResult:
         if len(requests) > self.limits.sign_batch_max:
             raise UploadError(ErrorCode.BATCH_TOO_LARGE, f"at most {self.limits.sign_batch_max} parts per request")
         upload = await self._load_active(upload_id, owner)
@@ -242,7 +242,8 @@ class UploadService:
         signed = []
         for request, checksum in zip(requests, checksums):
             offset, size = upload.part_range(request.number)
-            part = self.signer.sign_part(upload.key, upload.multipart_id or "", request.number, size,
+            part = self.signer.sign_part(upload.key, upload.multipart_id or "", request.number,
+                                         size if pin_length else None,
                                          checksum_header=checksum, expires_in=expires_in)
             signed.append(SignedPartInfo(request.number, offset, size, part.url, part.headers))
         if numbers:
@@ -338,6 +339,30 @@ class UploadService:
         if upload.state in (State.COMPLETING, State.COMPLETED):
             return upload
         raise UploadError(ErrorCode.UPLOAD_FAILED, "the S3 multipart upload no longer exists")
+
+    async def complete_listed(self, upload_id: str, owner: Owner, numbers: Sequence[int]) -> Upload:
+        """For protocols whose client says "these parts make the file" (S3-style complete): the
+        length follows from the sizes S3 lists, then the usual confirm completes the upload."""
+        upload = await self.load(upload_id, owner)
+        self.ensure_alive(upload)
+        if upload.state is not State.ACTIVE:
+            return upload
+        wanted = sorted(set(numbers))
+        if wanted != list(range(1, len(wanted) + 1)):
+            raise UploadError(ErrorCode.INVALID_REQUEST, "parts must be numbered 1..n without gaps")
+        if upload.length is None:
+            found = await self._find_parts(upload, wanted)
+            missing = [n for n in wanted if n not in found]
+            if missing:
+                raise UploadError(ErrorCode.PART_NOT_VISIBLE, f"S3 does not hold parts {missing[:10]}",
+                                  details={"parts": missing}, retry_after=1)
+            sizes = [found[n].size for n in wanted]
+            if any(size != upload.part_size for size in sizes[:-1]) or sizes[-1] > upload.part_size:
+                raise UploadError(ErrorCode.SIZE_MISMATCH,
+                                  f"every part but the last must be {upload.part_size} bytes",
+                                  details={"parts": [{"number": n, "actual": found[n].size} for n in wanted]})
+            upload = await self.declare_length(upload, sum(sizes))
+        return await self.confirm(upload_id, owner, wanted)
 
     @staticmethod
     def _confirmed(part: ListedPart) -> ConfirmedPart:

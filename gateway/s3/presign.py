@@ -20,11 +20,12 @@ class S3PartSigner:
         self.signer = signer
         self.bucket = bucket
 
-    def sign_part(self, key: str, multipart_id: str, number: int, size: int, *,
+    def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
                   checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
         # Content-Length is signed so S3 refuses a wrong-sized part; browsers set it themselves,
-        # so only the checksum header is one the client must add.
-        signed = {"Content-Length": str(size)}
+        # so only the checksum header is one the client must add. (size None: a client protocol that
+        # does not say which part is the last; sizes are then checked at confirm.)
+        signed = {"Content-Length": str(size)} if size is not None else {}
         client_headers = {}
         if checksum_header is not None:
             name, value = checksum_header
