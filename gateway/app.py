@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.core.concat import Concatenation
 from gateway.core.events import EventDispatcher
 from gateway.core.ports import Quota
 from gateway.core.proxy import ProxyUploads
@@ -25,7 +26,7 @@ from gateway.hooks import HttpCreateHook, HttpWebhookSender
 from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
 from gateway.http.auth import Authenticator
 from gateway.http.demo import setup_demo
-from gateway.http.keys import AUTHENTICATOR, METRICS_SAMPLERS, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
+from gateway.http.keys import AUTHENTICATOR, CONCAT, METRICS_SAMPLERS, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
 from gateway.http.routes import setup_http
 from gateway.s3.presign import S3PartSigner
 from gateway.s3.sigv4 import Credentials, SigV4Signer
@@ -66,8 +67,8 @@ def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
 
 
 @contextlib.asynccontextmanager
-async def gateway_services(settings: Settings) -> AsyncIterator[tuple[UploadService, ProxyUploads, Background,
-                                                                      PgUploadRepository, asyncpg.Pool]]:
+async def gateway_services(settings: Settings) -> AsyncIterator[tuple[
+        UploadService, ProxyUploads, Concatenation, Background, PgUploadRepository, asyncpg.Pool]]:
     """Every long-lived resource of a process, created once and closed in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings)
@@ -88,24 +89,25 @@ async def gateway_services(settings: Settings) -> AsyncIterator[tuple[UploadServ
         service = UploadService(
             repo, store, S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
             limits_from(settings), create_hook)
-        proxy = ProxyUploads(service, S3ByteStore(
-            data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket))
+        byte_store = S3ByteStore(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
+        proxy = ProxyUploads(service, byte_store)
         completion = CompletionWorker(service, settings.completion_retry_after)
         sweeper = Sweeper(service, completion, tombstone_days=settings.tombstone_days,
                           orphan_grace=settings.orphan_grace)
         dispatcher = (EventDispatcher(repo, HttpWebhookSender(hook_session, settings.webhook_secret,
                                                               settings.hook_timeout), settings.webhook_urls)
                       if settings.webhook_urls else None)
-        yield service, proxy, Background(completion, sweeper, dispatcher), repo, pool
+        yield service, proxy, Concatenation(service, byte_store), Background(completion, sweeper, dispatcher), repo, pool
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with gateway_services(settings) as (service, proxy, background, repo, pool):
+    async with gateway_services(settings) as (service, proxy, concat, background, repo, pool):
         app[POOL] = pool
         app[REPOSITORY] = repo
         app[SERVICE] = service
         app[PROXY] = proxy
+        app[CONCAT] = concat
         app[BACKGROUND] = background
 
         async def database_ready() -> None:

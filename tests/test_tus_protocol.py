@@ -31,7 +31,8 @@ async def test_options_discovery_never_412(gateway: Gateway) -> None:
         assert response.headers["Tus-Version"] == "1.0.0"
         assert response.headers["Tus-Resumable"] == "1.0.0"
         extensions = response.headers["Tus-Extension"].split(",")
-        assert {"creation", "creation-defer-length", "expiration", "termination", "presigned-parts"} <= set(extensions)
+        assert {"creation", "creation-defer-length", "expiration", "termination", "presigned-parts",
+                "creation-with-upload", "checksum", "concatenation"} <= set(extensions)
         assert int(response.headers["Tus-Max-Size"]) == gateway.settings.max_upload_size
 
 
@@ -114,7 +115,7 @@ async def test_deferred_length(gateway: Gateway) -> None:
     ({"Upload-Length": "12abc"}, 400, "invalid_upload_length"),
     ({"Upload-Length": "99999999999999999999999"}, 400, "invalid_upload_length"),
     ({"Upload-Length": str(51 * 1024**3)}, 413, "max_size_exceeded"),
-    ({"Upload-Length": "10", "Upload-Concat": "partial"}, 400, "concatenation_unsupported"),
+    ({"Upload-Length": "10", "Upload-Concat": "partially"}, 400, "invalid_concat"),
     ({"Upload-Length": "10", "Upload-Metadata": "filename not*base64"}, 400, "invalid_metadata"),
     ({"Upload-Length": "10", "Upload-Metadata": "a YQ==,a YQ=="}, 400, "invalid_metadata"),
     ({"Upload-Length": "10", "Upload-Metadata": "k\u00e9y YQ=="}, 400, "invalid_metadata"),

@@ -116,6 +116,8 @@ class Upload:
     signed_parts_live: bool = False
     writer_gen: int = 0
     stash: tuple[StashSegment, ...] = field(default=())
+    concat: str | None = None  # "partial" or "final" (tus concatenation)
+    concat_header: str | None = None
 
     @property
     def stash_bytes(self) -> int:

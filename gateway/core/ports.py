@@ -23,6 +23,8 @@ class NewUpload:
     key: str
     multipart_id: str | None
     state: State
+    concat: str | None = None
+    concat_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,11 @@ class ObjectStore(Protocol):
 
     async def delete_objects(self, keys: Sequence[str]) -> None: ...
 
+    async def upload_part_copy(self, key: str, multipart_id: str, number: int, source_key: str,
+                               start: int, end: int) -> str:
+        """Server-side copy of bytes [start, end) of source_key as part `number`; returns the ETag."""
+        ...
+
     def list_multipart_uploads(self, prefix: str) -> AsyncIterator[MultipartListing]:
         """Every in-progress multipart upload under the prefix."""
         ...
@@ -175,7 +182,9 @@ class ByteStore(Protocol):
 
     async def put_object(self, key: str, size: int, body: AsyncIterator[bytes]) -> None: ...
 
-    def read_object(self, key: str) -> AsyncIterator[bytes]: ...
+    def read_object(self, key: str, start: int | None = None, end: int | None = None) -> AsyncIterator[bytes]:
+        """The object's bytes, or bytes [start, end) of it."""
+        ...
 
     async def delete_objects(self, keys: Sequence[str]) -> None: ...
 

@@ -105,6 +105,8 @@ class ProxyUploads:
         service = self.service
         upload = await service.load(upload_id, owner)
         service.ensure_alive(upload)
+        if upload.concat == "final":
+            raise UploadError(ErrorCode.MODIFY_FINAL, "a final (concatenated) upload cannot be patched")
         if upload.state is not State.ACTIVE:
             if offset == upload.offset and declared_length in (None, upload.length):
                 return upload  # a retried final PATCH: 204 without reading the body

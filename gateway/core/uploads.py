@@ -128,7 +128,8 @@ class UploadService:
     # -- create -------------------------------------------------------------------------------------
 
     async def create(self, owner: Owner, *, length: int | None, metadata_header: str | None,
-                     part_size_hint: int | None, part_checksum: PartChecksum | None) -> Upload:
+                     part_size_hint: int | None, part_checksum: PartChecksum | None,
+                     partial: bool = False) -> Upload:
         limits = self.limits
         if length is not None and length > limits.max_upload_size:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED,
@@ -156,7 +157,7 @@ class UploadService:
             state = State.ACTIVE
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=metadata, metadata_header=md.encode_metadata(metadata), bucket=limits.bucket,
-                        key=key, multipart_id=multipart_id, state=state)
+                        key=key, multipart_id=multipart_id, state=state, concat="partial" if partial else None)
         upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, limits.quota)
         if upload is None:
             await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))

@@ -52,10 +52,11 @@ def _emit(event_type: str, where: str = "true") -> str:
 _INSERT = f"""
 with u as (
     insert into uploads (id, owner_iss, owner_sub, length, part_size, part_checksum, metadata, metadata_header,
-                         bucket, s3_key, multipart_id, state, expires_at, max_expires_at, ended_at)
+                         bucket, s3_key, multipart_id, state, expires_at, max_expires_at, ended_at,
+                         concat, concat_header)
     select $1, $2, $3, $4::bigint, $5::bigint, $6, $7::jsonb, $8, $9, $10, $11, $12,
            now() + make_interval(secs => least($13::float8, $14::float8)), now() + make_interval(secs => $14::float8),
-           case when $12 = 'active' then null else now() end
+           case when $12 = 'active' then null else now() end, $17, $18
     where $15::bigint is null or (
         select count(*) < $15::bigint and coalesce(sum(length), 0) + coalesce($4::bigint, 0) <= $16::bigint
         from uploads where owner_iss = $2 and owner_sub = $3 and state = 'active')
@@ -239,6 +240,8 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         signed_parts_live=row["signed_parts_live"],
         writer_gen=row["writer_gen"],
         stash=tuple(StashSegment(*segment) for segment in json.loads(row["stash"])),
+        concat=row["concat"],
+        concat_header=row["concat_header"],
     )
 
 
@@ -256,7 +259,8 @@ class PgUploadRepository:
         args = (new.id, new.owner.issuer, new.owner.subject, new.length, new.part_size,
                 new.part_checksum.value if new.part_checksum else None, json.dumps(new.metadata),
                 new.metadata_header, new.bucket, new.key, new.multipart_id, new.state.value, ttl, max_age,
-                quota.max_uploads if quota else None, quota.max_bytes if quota else None)
+                quota.max_uploads if quota else None, quota.max_bytes if quota else None,
+                new.concat, new.concat_header)
         async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
             if quota:
                 # Serialises one owner's creations so two cannot both take the last slot. A separate

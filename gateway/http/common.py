@@ -11,6 +11,8 @@ from gateway.core.model import Owner
 from gateway.http.keys import OWNER, SETTINGS
 
 DIGITS = re.compile(r"^[0-9]{1,19}$")
+UPLOAD_ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
+UPLOAD_ID = re.compile(f"^{UPLOAD_ID_PATTERN}$")
 
 
 def owner_of(request: web.Request) -> Owner:

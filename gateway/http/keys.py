@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.core.concat import Concatenation
 from gateway.core.model import Owner
 from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import UploadService
@@ -15,6 +16,7 @@ from gateway.http.auth import Authenticator
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", UploadService)
 PROXY = web.AppKey("proxy", ProxyUploads)
+CONCAT = web.AppKey("concat", Concatenation)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Named probes of the dependencies for /readyz: each raises when its dependency does not answer.
 READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Callable[[], Awaitable[None]]])

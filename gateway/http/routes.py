@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import parts, patch, tus
+from gateway.http import companion, parts, patch, tus
+from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
@@ -17,7 +18,7 @@ from gateway.http.observability import (
 )
 
 # Route names: `tus.*` require Tus-Resumable; `public.*` need no token.
-_UPLOAD_ID = "{upload_id:[A-Za-z0-9_-]{16,64}}"
+_UPLOAD_ID = f"{{upload_id:{UPLOAD_ID_PATTERN}}}"
 
 
 @web.middleware
@@ -91,6 +92,7 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     part = router.add_resource(f"{base_path}/{_UPLOAD_ID}/parts/{{number}}", name="parts.one")
     part.add_route("OPTIONS", tus.options)
     part.add_route("PUT", parts.confirm_one)
+    companion.setup_routes(router)  # Uppy Companion's S3 multipart routes (@uppy/aws-s3)
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)

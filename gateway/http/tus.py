@@ -6,17 +6,18 @@ from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 
 from aiohttp import web
+from yarl import URL
 
 from gateway.core.checksums import ALGORITHMS
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, PartChecksum, Upload
-from gateway.http.common import DIGITS, owner_of, parse_non_negative, upload_url
-from gateway.http.keys import SERVICE, SETTINGS
+from gateway.http.common import DIGITS, UPLOAD_ID, owner_of, parse_non_negative, upload_url
+from gateway.http.keys import CONCAT, SERVICE, SETTINGS
 from gateway.http.patch import has_upload_body, upload_during_creation
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,"
-                  "presigned-parts")
+                  "concatenation,presigned-parts")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -59,6 +60,8 @@ def upload_headers(upload: Upload) -> dict[str, str]:
         headers["Upload-Metadata"] = upload.metadata_header
     if upload.part_checksum:
         headers["Upload-Part-Checksum"] = upload.part_checksum.value
+    if upload.concat:
+        headers["Upload-Concat"] = upload.concat_header or upload.concat
     return headers
 
 
@@ -74,8 +77,11 @@ async def options(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    if "Upload-Concat" in request.headers:
-        raise UploadError(ErrorCode.CONCATENATION_UNSUPPORTED, "Upload-Concat (concatenation) is not supported")
+    concat = request.headers.get("Upload-Concat", "").strip()
+    if concat.startswith("final;"):
+        return await _create_final(request, concat)
+    if concat not in ("", "partial"):
+        raise UploadError(ErrorCode.INVALID_CONCAT, "Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
     length = parse_non_negative(request, "Upload-Length")
     defer = request.headers.get("Upload-Defer-Length")
     if defer is not None and defer.strip() != "1":
@@ -86,12 +92,38 @@ async def create(request: web.Request) -> web.Response:
         raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "Upload-Length or Upload-Defer-Length: 1 is required")
     upload = await request.app[SERVICE].create(
         owner_of(request), length=length, metadata_header=request.headers.get("Upload-Metadata"),
-        part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request))
+        part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request),
+        partial=concat == "partial")
     if has_upload_body(request) and upload.length != 0:
         upload = await upload_during_creation(request, upload)
+    return _created(request, upload)
+
+
+def _created(request: web.Request, upload: Upload) -> web.Response:
     headers = upload_headers(upload)
     headers["Location"] = upload_url(request, upload.id)
     return web.Response(status=201, headers=headers)
+
+
+async def _create_final(request: web.Request, concat: str) -> web.Response:
+    """`Upload-Concat: final;<url> <url>`: assembled in S3 from the caller's finished partial uploads."""
+    if "Upload-Length" in request.headers or "Upload-Defer-Length" in request.headers:
+        raise UploadError(ErrorCode.INVALID_CONCAT, "a final upload takes its length from its partial uploads")
+    partial_ids = [_upload_id_of(request, url) for url in concat[len("final;"):].split()]
+    echo = "final;" + " ".join(upload_url(request, upload_id) for upload_id in partial_ids)
+    upload = await request.app[CONCAT].create_final(owner_of(request), partial_ids, echo,
+                                                    request.headers.get("Upload-Metadata"))
+    return _created(request, upload)
+
+
+def _upload_id_of(request: web.Request, url: str) -> str:
+    """The id in an upload URL (absolute or relative) under this gateway's base path."""
+    base = request.app[SETTINGS].base_path + "/"
+    path = URL(url).path
+    upload_id = path[len(base):] if path.startswith(base) else ""
+    if not UPLOAD_ID.match(upload_id):
+        raise UploadError(ErrorCode.INVALID_CONCAT, f"not an upload URL of this server: {url[:200]}")
+    return upload_id
 
 
 async def head(request: web.Request) -> web.Response:

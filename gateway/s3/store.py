@@ -150,6 +150,14 @@ class S3ObjectStore:
             async with _translate("DeleteObjects"):
                 await self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
+    async def upload_part_copy(self, key: str, multipart_id: str, number: int, source_key: str,
+                               start: int, end: int) -> str:
+        async with _translate("UploadPartCopy"):
+            response = await self.client.upload_part_copy(
+                Bucket=self.bucket, Key=key, UploadId=multipart_id, PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end - 1}")
+        return str(response["CopyPartResult"]["ETag"])
+
     async def list_multipart_uploads(self, prefix: str) -> AsyncIterator[MultipartListing]:
         paginator = self.client.get_paginator("list_multipart_uploads")
         async with _translate("ListMultipartUploads"):

@@ -66,10 +66,12 @@ class S3ByteStore:
     async def put_object(self, key: str, size: int, body: AsyncIterator[bytes]) -> None:
         await self._put(key, size, body, None, "PutObject")
 
-    async def read_object(self, key: str) -> AsyncIterator[bytes]:
-        response = await self._request("GET", key, operation="GetObject")
+    async def read_object(self, key: str, start: int | None = None, end: int | None = None
+                          ) -> AsyncIterator[bytes]:
+        headers = {"Range": f"bytes={start or 0}-{end - 1}"} if end is not None else None
+        response = await self._request("GET", key, headers=headers, operation="GetObject")
         async with response:
-            if response.status != 200:
+            if response.status not in (200, 206):
                 raise _storage_error("GetObject", f"{response.status} {(await response.text())[:300]}")
             async for chunk in response.content.iter_chunked(READ_CHUNK):
                 yield chunk

@@ -74,10 +74,11 @@ const positionalReader = {
 const PASSED = [
   'endpoint', 'uploadUrl', 'chunkSize', 'uploadDataDuringCreation', 'uploadLengthDeferred', 'retryDelays',
   'metadata', 'removeFingerprintOnSuccess', 'overridePatchMethod', 'uploadSize', 'storeFingerprintForResuming',
+  'parallelUploads',
 ]
 const TRACED = [
   'Upload-Offset', 'Upload-Length', 'Upload-Defer-Length', 'Upload-Metadata', 'Content-Type', 'Tus-Resumable',
-  'X-HTTP-Method-Override',
+  'X-HTTP-Method-Override', 'Upload-Concat',
 ]
 
 const requests = []

@@ -1,0 +1,145 @@
+"""tus concatenation: a final upload assembled from partial uploads inside S3.
+
+Parts of the final object are server-side copies (UploadPartCopy) of ranges of the partials'
+objects, so the bytes do not pass through the gateway. S3 wants every part but the last to be at
+least 5 MiB: where partials are smaller, their bytes (at most 5 MiB per such part) are streamed
+through the gateway into a part of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from gateway.core import metadata as md
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import (
+    S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, ConfirmedPart, Owner, State, Upload, new_upload_id, object_key,
+)
+from gateway.core.ports import ByteStore, NewUpload
+from gateway.core.uploads import UploadService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Piece:
+    key: str
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class PlannedPart:
+    number: int
+    pieces: tuple[Piece, ...]
+    copy: bool  # one range of one object, copied inside S3
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+
+def plan_parts(sources: Sequence[tuple[str, int]]) -> list[PlannedPart]:
+    """Parts for the concatenation of (key, length) sources, every part but the last >= 5 MiB."""
+    queue = [[key, 0, length] for key, length in sources if length > 0]
+    parts: list[PlannedPart] = []
+    while queue:
+        key, start, end = queue[0]
+        if end - start >= S3_MIN_PART_SIZE:
+            take = min(end - start, S3_MAX_PART_SIZE)
+            parts.append(PlannedPart(len(parts) + 1, (Piece(key, start, start + take),), copy=True))
+            queue[0][1] += take
+        else:
+            pieces: list[Piece] = []
+            size = 0
+            while queue and size < S3_MIN_PART_SIZE:
+                key, start, end = queue[0]
+                take = min(end - start, S3_MIN_PART_SIZE - size)
+                pieces.append(Piece(key, start, start + take))
+                size += take
+                queue[0][1] += take
+                if queue[0][1] == end:
+                    queue.pop(0)
+            parts.append(PlannedPart(len(parts) + 1, tuple(pieces), copy=False))
+            continue
+        if queue[0][1] == queue[0][2]:
+            queue.pop(0)
+    return parts
+
+
+class Concatenation:
+    def __init__(self, service: UploadService, data: ByteStore) -> None:
+        self.service = service
+        self.data = data
+
+    async def create_final(self, owner: Owner, partial_ids: Sequence[str], concat_header: str,
+                           metadata_header: str | None) -> Upload:
+        if not partial_ids:
+            raise UploadError(ErrorCode.INVALID_CONCAT, "Upload-Concat: final needs at least one partial upload")
+        partials = [await self._partial(owner, upload_id) for upload_id in partial_ids]
+        length = sum(p.length or 0 for p in partials)
+        limits = self.service.limits
+        if length > limits.max_upload_size:
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the concatenation exceeds {limits.max_upload_size} bytes")
+        metadata = md.parse_metadata(metadata_header)
+        upload_id = new_upload_id()
+        key = object_key(limits.key_prefix, upload_id)
+        content_type = md.content_type(metadata)
+        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(metadata)}
+        store = self.service.store
+        plan = plan_parts([(p.key, p.length or 0) for p in partials])
+        if not plan:
+            await store.put_empty(key, content_type=content_type, metadata=s3_meta)
+            multipart_id = None
+        else:
+            multipart_id = await store.create_multipart(key, content_type=content_type, metadata=s3_meta,
+                                                        checksum=None)
+            try:
+                parts = [await self._assemble(key, multipart_id, part) for part in plan]
+                await store.complete(key, multipart_id, parts, None)
+            except BaseException:
+                await store.abort(key, multipart_id)
+                raise
+        new = NewUpload(id=upload_id, owner=owner, length=length, part_size=max((p.size for p in plan), default=0)
+                        or S3_MIN_PART_SIZE, part_checksum=None, metadata=metadata,
+                        metadata_header=md.encode_metadata(metadata), bucket=limits.bucket, key=key,
+                        multipart_id=multipart_id, state=State.COMPLETED, concat="final",
+                        concat_header=concat_header)
+        # No quota: a finished upload does not count against the owner's active uploads.
+        upload = await self.service.repo.insert(new, limits.upload_ttl, limits.upload_max_age)
+        assert upload is not None
+        log.info("final upload %s assembled from %d partial(s) in %d part(s)", upload_id, len(partials), len(plan))
+        return upload
+
+    async def _partial(self, owner: Owner, upload_id: str) -> Upload:
+        try:
+            partial = await self.service.load(upload_id, owner)
+        except UploadError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise UploadError(ErrorCode.INVALID_CONCAT, f"partial upload {upload_id} not found") from None
+            raise
+        if partial.concat != "partial":
+            raise UploadError(ErrorCode.INVALID_CONCAT, f"upload {upload_id} is not a partial upload")
+        if partial.state is not State.COMPLETED:
+            raise UploadError(ErrorCode.UPLOAD_NOT_FINISHED, f"partial upload {upload_id} is not finished")
+        return partial
+
+    async def _assemble(self, key: str, multipart_id: str, part: PlannedPart) -> ConfirmedPart:
+        if part.copy:
+            piece = part.pieces[0]
+            etag = await self.service.store.upload_part_copy(key, multipart_id, part.number, piece.key,
+                                                             piece.start, piece.end)
+        else:
+            etag = await self.data.upload_part(key, multipart_id, part.number, part.size, self._read(part.pieces))
+        return ConfirmedPart(part.number, part.size, etag)
+
+    async def _read(self, pieces: Sequence[Piece]) -> AsyncIterator[bytes]:
+        for piece in pieces:
+            async for chunk in self.data.read_object(piece.key, piece.start, piece.end):
+                yield chunk

@@ -1,0 +1,237 @@
+"""Uppy Companion's S3 multipart routes (`@uppy/aws-s3` with `endpoint` + `headers`), over the gateway's state.
+
+The same paths, `key` query parameter and JSON shapes as Companion's `/s3/multipart` controller
+(packages/@uppy/companion/src/server/controllers/s3.js), so an app swaps Companion for the gateway by
+changing `endpoint` and adding `headers: {Authorization: 'Bearer ...'}`. Unlike Companion, every route
+is scoped to the token's owner (another owner's upload is 404) and the `key` must be the upload's own
+key (400 otherwise). Uploads are the gateway's own uploads: deferred length and 5 MiB parts, the part
+size @uppy/aws-s3 uses for files up to 5 MiB x 10,000 (~48.8 GiB); the length follows from the parts
+at complete. Errors keep the gateway's JSON format (`gateway.http.errors`).
+
+    POST   /s3/multipart                          {filename, type, metadata} -> {uploadId, key, bucket}
+    GET    /s3/multipart/{id}?key=                -> [{PartNumber, Size, ETag}]
+    GET    /s3/multipart/{id}/batch?key=&partNumbers=1,2 -> {presignedUrls: {"1": url, "2": url}}
+    GET    /s3/multipart/{id}/{n}?key=            -> {url, expires}
+    POST   /s3/multipart/{id}/complete?key=       {parts: [{PartNumber, ETag}]} -> {location, key, bucket}
+    DELETE /s3/multipart/{id}?key=                -> {}
+
+`GET /s3/params` (a single presigned POST/PUT) and `GET /s3/sts` (temporary credentials) are refused
+with a 400 that says why: an object written outside a multipart upload the gateway tracks would never
+be verified, recorded or owned. Uppy must run with `shouldUseMultipart: true`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core import metadata as md
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import MiB, State, Upload
+from gateway.core.uploads import PartRequest
+from gateway.http.common import UPLOAD_ID_PATTERN, owner_of, upload_url
+from gateway.http.keys import SERVICE
+
+# @uppy/aws-s3 5.x: chunk size max(5 MiB, ceil(size / 10000)), i.e. 5 MiB for files up to ~48.8 GiB.
+UPPY_PART_SIZE = 5 * MiB
+MAX_CREATE_BODY = 64 * 1024
+# Companion accepts 1 MB on complete (uppy#1945): 10,000 {PartNumber, ETag} entries are ~500 KB.
+MAX_COMPLETE_BODY = 1024 * 1024
+_UPLOAD_ID = f"{{upload_id:{UPLOAD_ID_PATTERN}}}"
+_NUMBER = re.compile(r"^[0-9]{1,9}$")
+
+
+def _bad(message: str) -> UploadError:
+    return UploadError(ErrorCode.INVALID_REQUEST, message)
+
+
+async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    return body
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _metadata_header(filename: str, content_type: str, metadata: dict[str, Any]) -> str:
+    """tus Upload-Metadata: `filename`/`filetype` (what the rest of the gateway reads) plus Uppy's meta."""
+    values: dict[str, str | None] = {"filename": filename}
+    if content_type:
+        values["filetype"] = content_type
+    for key, value in metadata.items():
+        if value is not None and key not in values:
+            values[key] = _text(value)
+    return md.encode_metadata(values)
+
+
+async def _upload_for(request: web.Request) -> Upload:
+    """The caller's upload named by the path, whose key the `key` query parameter must repeat."""
+    key = request.query.get("key")
+    if not key:
+        raise _bad('the object key must be passed as a query parameter, e.g. "?key=uploads/ab/00ab..."')
+    upload: Upload = await request.app[SERVICE].load(request.match_info["upload_id"], owner_of(request))
+    if upload.key != key:
+        raise _bad("the key does not belong to this upload")
+    return upload
+
+
+def _sign_headers(headers: dict[str, str]) -> dict[str, Any]:
+    # Companion answers {url, expires}; a checksum header (uploads created with Upload-Part-Checksum on
+    # /files) is passed the way @uppy/aws-s3's signPart result carries it.
+    return {"headers": headers} if headers else {}
+
+
+# -- handlers -----------------------------------------------------------------------------------------
+
+
+async def options(request: web.Request) -> web.Response:
+    """CORS preflight (the CORS middleware adds the Access-Control-* headers)."""
+    return web.Response(status=204)
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await _json_object(request, MAX_CREATE_BODY)
+    filename, content_type, metadata = body.get("filename"), body.get("type"), body.get("metadata", {})
+    if not isinstance(filename, str) or not filename:
+        raise _bad('the "filename" field is required and must be a non-empty string')
+    if not isinstance(content_type, str):
+        raise _bad('"type" (the content type) must be a string')
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise _bad('"metadata" must be an object')
+    upload = await request.app[SERVICE].create(
+        owner_of(request), length=None, metadata_header=_metadata_header(filename, content_type, metadata),
+        part_size_hint=UPPY_PART_SIZE, part_checksum=None)
+    return web.json_response({"uploadId": upload.id, "key": upload.key, "bucket": upload.bucket})
+
+
+async def sign_part(request: web.Request) -> web.Response:
+    upload = await _upload_for(request)
+    number = int(request.match_info["part_number"])
+    # pin_length=False: Uppy does not say which part is the last; sizes are checked at complete.
+    result = await request.app[SERVICE].sign(upload.id, owner_of(request), [PartRequest(number)], None,
+                                             pin_length=False)
+    part = result.parts[0]
+    return web.json_response({"url": part.url, "expires": result.expires_in, **_sign_headers(part.headers)},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def sign_batch(request: web.Request) -> web.Response:
+    upload = await _upload_for(request)
+    raw = request.query.get("partNumbers")
+    if not raw:
+        raise _bad('the part numbers must be passed as a comma separated query parameter, e.g. "?partNumbers=4,6,7"')
+    items = [item.strip() for item in raw.split(",")]
+    if not all(_NUMBER.match(item) for item in items):
+        raise UploadError(ErrorCode.UNKNOWN_PART, "the part numbers must be numbers between 1 and 10000")
+    numbers = list(dict.fromkeys(int(item) for item in items))
+    result = await request.app[SERVICE].sign(upload.id, owner_of(request), [PartRequest(n) for n in numbers],
+                                             None, pin_length=False)
+    body: dict[str, Any] = {"presignedUrls": {str(p.number): p.url for p in result.parts}}
+    headers = {str(p.number): p.headers for p in result.parts if p.headers}
+    if headers:
+        body["headers"] = headers
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def list_parts(request: web.Request) -> web.Response:
+    """The parts S3 holds for this upload, for @uppy/aws-s3's resume (it skips the listed parts).
+
+    The core reports the confirmed parts after reconciling the signed, unconfirmed ones with S3
+    (at most once per GATEWAY_RECONCILE_INTERVAL per upload; parts of the planned size only).
+    """
+    upload = await _upload_for(request)
+    _, parts = await request.app[SERVICE].list_parts(upload.id, owner_of(request))
+    return web.json_response([{"PartNumber": p.number, "Size": p.size, "ETag": p.etag} for p in parts],
+                             headers={"Cache-Control": "no-store"})
+
+
+def _completion_parts(body: dict[str, Any]) -> list[int]:
+    parts = body.get("parts")
+    if not isinstance(parts, list) or not parts or not all(
+            isinstance(p, dict) and type(p.get("PartNumber")) is int and isinstance(p.get("ETag"), str)
+            for p in parts):
+        raise _bad('"parts" must be a non-empty array of {ETag, PartNumber} objects')
+    return [p["PartNumber"] for p in parts]
+
+
+async def complete(request: web.Request) -> web.Response:
+    upload = await _upload_for(request)
+    numbers = _completion_parts(await _json_object(request, MAX_COMPLETE_BODY))
+    service = request.app[SERVICE]
+    owner = owner_of(request)
+    # The ETags are S3's to know: the gateway completes with the parts S3 lists (sizes checked).
+    await service.complete_listed(upload.id, owner, numbers)
+    done = await service.load(upload.id, owner)
+    service.ensure_alive(done)  # a completion S3 refused for good: 410 upload_failed
+    if done.state is State.ACTIVE:
+        # S3 refused parts at CompleteMultipartUpload; the gateway reopened them.
+        missing = [n for n in numbers if not done.is_confirmed(n)]
+        raise UploadError(ErrorCode.PART_NOT_VISIBLE, f"S3 refused parts {missing[:10]} at completion; upload them again",
+                          details={"parts": missing}, retry_after=1)
+    # `completing`: S3 is still assembling (the completion worker finishes it); the location answers
+    # 409 not_ready until then.
+    return web.json_response({"location": upload_url(request, done.id), "key": done.key, "bucket": done.bucket})
+
+
+async def abort(request: web.Request) -> web.Response:
+    upload = await _upload_for(request)
+    if upload.state in (State.COMPLETING, State.COMPLETED):
+        # Like S3's AbortMultipartUpload, this never deletes a finished object (DELETE /files/{id} does).
+        raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete; there is no multipart upload to abort")
+    await request.app[SERVICE].terminate(upload.id, owner_of(request))
+    return web.json_response({})
+
+
+async def params(request: web.Request) -> web.Response:
+    raise _bad("single-request uploads (/s3/params) are not supported: an object written outside a tracked "
+               "multipart upload is never verified or recorded; configure @uppy/aws-s3 with shouldUseMultipart: true")
+
+
+async def sts(request: web.Request) -> web.Response:
+    raise _bad("temporary S3 credentials (/s3/sts) are never handed out; use the signed part URLs of /s3/multipart")
+
+
+def setup_routes(router: web.UrlDispatcher, base: str = "/s3") -> None:
+    """Resource names starting with `parts.` share the per-owner sign/confirm/list rate limit."""
+    for path, name, handler in ((f"{base}/params", "s3.params", params), (f"{base}/sts", "s3.sts", sts)):
+        resource = router.add_resource(path, name=name)
+        resource.add_route("OPTIONS", options)
+        resource.add_route("GET", handler)
+
+    collection = router.add_resource(f"{base}/multipart", name="s3.multipart")
+    collection.add_route("OPTIONS", options)
+    collection.add_route("POST", create)
+
+    upload = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}", name="parts.s3.upload")
+    upload.add_route("OPTIONS", options)
+    upload.add_route("GET", list_parts)
+    upload.add_route("DELETE", abort)
+
+    # Registered before `/{part_number}` as Companion does (the number pattern excludes them anyway).
+    batch = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/batch", name="parts.s3.batch")
+    batch.add_route("OPTIONS", options)
+    batch.add_route("GET", sign_batch)
+
+    finish = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/complete", name="parts.s3.complete")
+    finish.add_route("OPTIONS", options)
+    finish.add_route("POST", complete)
+
+    part = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/{{part_number:[0-9]{{1,9}}}}", name="parts.s3.part")
+    part.add_route("OPTIONS", options)
+    part.add_route("GET", sign_part)
