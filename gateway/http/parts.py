@@ -63,8 +63,11 @@ def _offset_headers(upload: Upload) -> dict[str, str]:
 
 async def sign(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    requests = [_part_request(item) for item in _parts_list(body)]
     length = body.get("length")
+    # An empty list is allowed with "length": declaring the length of a deferred upload whose
+    # confirmed parts already end on a part boundary.
+    requests = [] if body.get("parts") == [] and length is not None else [
+        _part_request(item) for item in _parts_list(body)]
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
         raise _bad('"length" must be a non-negative integer')
     result = await request.app[SERVICE].sign(request.match_info["upload_id"], owner_of(request), requests, length)
