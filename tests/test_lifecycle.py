@@ -78,8 +78,7 @@ async def test_orphan_multipart_uploads_are_aborted(stack, db, s3) -> None:  # t
         # A crash between CreateMultipartUpload and the INSERT leaves an S3 upload nobody knows.
         orphan = s3.create_multipart_upload(Bucket=live_row["bucket"],
                                             Key=f"{gw.settings.s3_key_prefix}/zz/00orphan")
-        report = await gw.app[BACKGROUND].sweeper.run_once()
-        assert report.orphans_aborted == 1
+        await gw.app[BACKGROUND].sweeper.run_once()  # (or the instance's own periodic sweep got there first)
         listed = s3.list_multipart_uploads(Bucket=live_row["bucket"], Prefix=gw.settings.s3_key_prefix + "/")
         ids = {u["UploadId"] for u in listed.get("Uploads", [])}
         assert live_row["multipart_id"] in ids and orphan["UploadId"] not in ids

@@ -244,3 +244,25 @@ async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> 
     assert await db.fetchval("select prefix_parts from uploads where id = $1", upload_id(location)) == 1
     assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
     assert sha256(await stored(db, s3, location)) == sha256(data)
+
+
+@pytest.mark.parametrize("with_checksum", [False, True])
+async def test_chunked_bodies_are_kept_in_bounded_segments(gateway: Gateway, db, s3, with_checksum: bool) -> None:  # type: ignore[no-untyped-def]
+    """No Content-Length: S3 needs sizes up front, so bytes go to stash segments of at most 8 MiB
+    (bounded memory) and become parts once whole."""
+    data = os.urandom(3 * PART + 1234)
+    location = await gateway.create(len(data), **HINT)
+    first, rest = data[:PART + 3 * MiB], data[PART + 3 * MiB:]
+
+    async def chunked(payload: bytes):  # type: ignore[no-untyped-def]
+        for start in range(0, len(payload), 700 * 1024):
+            yield payload[start:start + 700 * 1024]
+
+    for offset, payload in ((0, first), (len(first), rest)):
+        headers = {**auth(), **OCTETS, "Upload-Offset": str(offset)}
+        if with_checksum:
+            headers["Upload-Checksum"] = "sha1 " + base64.b64encode(hashlib.sha1(payload).digest()).decode()
+        async with gateway.http.patch(location, data=chunked(payload), headers=headers) as response:
+            assert response.status == 204
+            assert response.headers["Upload-Offset"] == str(offset + len(payload))
+    assert sha256(await stored(db, s3, location)) == sha256(data)

@@ -24,6 +24,8 @@ class ErrorCode(enum.Enum):
     INVALID_CONCAT = "invalid_concat"
     UPLOAD_NOT_FINISHED = "upload_not_finished"
     MODIFY_FINAL = "modify_final"
+    INCONSISTENT_LENGTH = "inconsistent_length"
+    COMPLETED_UPLOAD = "completed_upload"
     UNKNOWN_PART = "unknown_part"
     BATCH_TOO_LARGE = "batch_too_large"
     CHECKSUM_REQUIRED = "checksum_required"

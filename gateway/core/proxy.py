@@ -28,6 +28,9 @@ from gateway.core.uploads import UploadService
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+# A body without Content-Length is kept in stash segments of at most this size (bounded memory),
+# since S3 needs the size of every object before its first byte.
+CHUNKED_SEGMENT = 8 * 1024 * 1024
 # More segments than this for one part are merged into one (bounds the reads a later commit needs).
 STASH_COMPACT_AFTER = 16
 
@@ -79,6 +82,20 @@ class _Source:
             self.buffer = b""
         self.ended = not self.buffer
         return not self.ended
+
+    async def read_up_to(self, count: int) -> bytes:
+        """Up to `count` bytes, fewer only at the end of the body."""
+        pieces = []
+        left = count
+        while left and await self.has_more():
+            piece, self.buffer = self.buffer[:left], self.buffer[left:]
+            pieces.append(piece)
+            left -= len(piece)
+        data = b"".join(pieces)
+        self.received += len(data)
+        if self.hasher:
+            self.hasher.update(data)
+        return data
 
     async def take(self, count: int) -> AsyncIterator[bytes]:
         """Exactly `count` bytes; stops the S3 request (by raising) if the body ends first."""
@@ -155,7 +172,7 @@ class _Patch:
         self.seq = max((s.seq for s in upload.stash), default=0)
         # With a checksum, commits wait until the body is verified.
         self.held_parts: list[ConfirmedPart] = []
-        self.held_stash: StashSegment | None = None
+        self.held_stash: list[StashSegment] = []
         self.superseded: list[str] = []
 
     async def run(self) -> Upload:
@@ -179,14 +196,29 @@ class _Patch:
             if need > 0 and (self.written >= self.limit or remaining == 0
                              or (remaining is None and not await self.source.has_more())):
                 return
-            if remaining is not None and remaining < need:
+            if remaining is None and need > 0:
+                if not await self._write_unsized(need):
+                    return
+            elif remaining is not None and remaining < need:
                 await self._write_stash(remaining)
                 return
-            if not await self._write_part(part_length, need):
+            elif not await self._write_part(part_length, need):
                 return
 
-    async def _write_part(self, part_length: int, need: int) -> bool:
-        body = self._chain(self.stash, self.source.take(need) if need else None)
+    async def _write_unsized(self, need: int) -> bool:
+        """A chunked body: read at most a bounded segment, then make it a part or a stash segment."""
+        data = await self.source.read_up_to(min(need, CHUNKED_SEGMENT, self.limit - self.written))
+        if not data:
+            return False
+        if len(data) == need:
+            return await self._write_part(need + sum(s.size for s in self.stash), need, _once(data))
+        await self._write_stash(len(data), _once(data))
+        return True
+
+    async def _write_part(self, part_length: int, need: int, tail: AsyncIterator[bytes] | None = None) -> bool:
+        if tail is None and need:
+            tail = self.source.take(need)
+        body = self._chain(self.stash, tail)
         try:
             etag = await self.data.upload_part(self.upload.key, self.upload.multipart_id or "", self.next_part,
                                                part_length, body)
@@ -205,17 +237,18 @@ class _Patch:
             await self._commit_parts([part])
         return True
 
-    async def _write_stash(self, size: int) -> None:
+    async def _write_stash(self, size: int, body: AsyncIterator[bytes] | None = None) -> None:
         segment = self._new_segment(size)
         try:
-            await self.data.put_object(segment.key, size, self.source.take(size))
+            await self.data.put_object(segment.key, size, body or self.source.take(size))
         except Exception:
             if self.source.interrupted:
                 return
             raise
         self.written += size
         if self.checksum is not None:
-            self.held_stash = segment
+            self.held_stash.append(segment)
+            self.stash.append(segment)  # a later part of this PATCH is built on it
             return
         await self._commit_stash(segment)
 
@@ -267,17 +300,21 @@ class _Patch:
     async def _verify_and_commit(self) -> None:
         assert self.checksum is not None and self.source.hasher is not None
         complete = not self.source.interrupted and (await self._drained())
+        held_keys = [s.key for s in self.held_stash]
         if not complete or self.source.hasher.digest() != self.checksum.digest:
-            await self._discard([self.held_stash.key] if self.held_stash else [])
-            self.held_parts, self.held_stash, self.superseded = [], None, []
+            await self._discard(held_keys)
+            self.held_parts, self.held_stash, self.superseded = [], [], []
             if complete:
                 raise UploadError(ErrorCode.CHECKSUM_MISMATCH,
                                   f"the body does not match its {self.checksum.algorithm} checksum; it was discarded")
             return
         if self.held_parts:
             await self._commit_parts(self.held_parts)
-        if self.held_stash is not None:
-            await self._commit_stash(self.held_stash)
+        # Held segments that went into a held part are superseded; the rest stay as the stash.
+        for segment in self.held_stash:
+            if segment.key not in self.superseded:
+                self.stash.remove(segment)
+                await self._commit_stash(segment)
 
     async def _drained(self) -> bool:
         """A checksum covers the whole body: it only counts if no byte is left unread."""
@@ -290,6 +327,10 @@ class _Patch:
             await self.data.delete_objects(keys)
         except UploadError as exc:  # the stash prefix's lifecycle rule removes leftovers
             log.warning("could not delete superseded stash objects of %s: %s", self.upload.id, exc)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _preempted() -> UploadError:

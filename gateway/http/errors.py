@@ -28,6 +28,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_CONCAT: 400,
     ErrorCode.UPLOAD_NOT_FINISHED: 400,
     ErrorCode.MODIFY_FINAL: 403,
+    ErrorCode.INCONSISTENT_LENGTH: 400,
+    ErrorCode.COMPLETED_UPLOAD: 410,
     ErrorCode.UNKNOWN_PART: 400,
     ErrorCode.BATCH_TOO_LARGE: 400,
     ErrorCode.CHECKSUM_REQUIRED: 400,
@@ -87,12 +89,39 @@ def render(exc: UploadError) -> web.Response:
     return error_response(STATUS[exc.code], exc.code.value, exc.message, details=exc.details, headers=headers)
 
 
+# Problem types of the IETF resumable upload draft; other errors are "about:blank" with the status.
+_PROBLEM_TYPES = {
+    ErrorCode.OFFSET_MISMATCH: "mismatching-upload-offset",
+    ErrorCode.INCONSISTENT_LENGTH: "inconsistent-upload-length",
+    ErrorCode.COMPLETED_UPLOAD: "completed-upload",
+}
+
+
+def render_problem(exc: UploadError) -> web.Response:
+    """RFC 9457 problem details, for clients of the IETF draft."""
+    status = STATUS[exc.code]
+    kind = _PROBLEM_TYPES.get(exc.code)
+    body: dict[str, Any] = {"type": f"https://iana.org/assignments/http-problem-types#{kind}" if kind
+                            else "about:blank", "title": exc.message, "status": status, "code": exc.code.value}
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if exc.code is ErrorCode.OFFSET_MISMATCH:
+        body["expected-offset"] = exc.details.get("offset")
+        body["provided-offset"] = exc.details.get("provided_offset")
+        headers["Upload-Offset"] = str(exc.details.get("offset"))
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/problem+json",
+                        headers=headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except UploadError as exc:
-        return render(exc)
+        return render_problem(exc) if "Upload-Draft-Interop-Version" in request.headers else render(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import companion, parts, patch, tus
+from gateway.http import companion, ietf, parts, patch, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
@@ -25,7 +25,7 @@ _UPLOAD_ID = f"{{upload_id:{UPLOAD_ID_PATTERN}}}"
 async def tus_resumable_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """tus MUST: 412 with Tus-Version for a missing or unsupported version (OPTIONS excepted)."""
     name = request.match_info.route.name or ""
-    if name.startswith("tus.") and request.method != "OPTIONS":
+    if name.startswith("tus.") and request.method != "OPTIONS" and not ietf.is_ietf(request):
         if request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION:
             raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
                               f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
@@ -69,14 +69,14 @@ def setup_routes(app: web.Application, base_path: str) -> None:
     router.add_get("/metrics", metrics, name="public.metrics")
 
     collection = router.add_resource(base_path, name="tus.collection")
-    collection.add_route("OPTIONS", tus.options)
-    collection.add_route("POST", tus.create)
+    collection.add_route("OPTIONS", ietf.by_protocol(tus.options, ietf.options))
+    collection.add_route("POST", ietf.by_protocol(tus.create, ietf.create))
 
     upload = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="tus.upload")
-    upload.add_route("OPTIONS", tus.options)
-    upload.add_route("HEAD", tus.head)
-    upload.add_route("DELETE", tus.delete)
-    upload.add_route("PATCH", patch.patch)
+    upload.add_route("OPTIONS", ietf.by_protocol(tus.options, ietf.options))
+    upload.add_route("HEAD", ietf.by_protocol(tus.head, ietf.head))
+    upload.add_route("DELETE", ietf.by_protocol(tus.delete, ietf.cancel))
+    upload.add_route("PATCH", ietf.by_protocol(patch.patch, ietf.append))
     upload.add_route("POST", tus.method_override({"HEAD": tus.head, "PATCH": patch.patch, "DELETE": tus.delete}))
 
     # Downloads may be visited by a browser, so they do not demand Tus-Resumable.

@@ -1,0 +1,183 @@
+"""IETF "Resumable Uploads for HTTP" (draft-ietf-httpbis-resumable-upload-11, interop version 8).
+
+The same upload model as tus, spoken in the draft's terms: creation with `Upload-Complete`, a
+`104 (Upload Resumption Supported)` interim response carrying the upload's `Location` before the
+body is read, offset retrieval with HEAD, append with `application/partial-upload`, cancellation
+with DELETE, `Upload-Limit`, and problem details (RFC 9457) for errors. Requests are recognised by
+`Upload-Draft-Interop-Version: 8`, as tusd does for its draft versions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from gateway.core import metadata as md
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import State, Upload
+from gateway.http.common import owner_of, upload_url
+from gateway.http.keys import PROXY, SERVICE, SETTINGS
+from gateway.http.patch import RequestBodyStream
+
+INTEROP_VERSION = "8"
+PARTIAL_UPLOAD = "application/partial-upload"
+_SF_INTEGER = re.compile(r"^[0-9]{1,15}$")
+_FILENAME_STAR = re.compile(r"filename\*\s*=\s*UTF-8''([^;\s]+)", re.IGNORECASE)
+_FILENAME = re.compile(r'filename\s*=\s*"?([^";]+)"?', re.IGNORECASE)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_ietf(request: web.Request) -> bool:
+    return "Upload-Draft-Interop-Version" in request.headers
+
+
+def by_protocol(tus_handler: Handler, ietf_handler: Handler) -> Handler:
+    """One URL, two protocols: the draft's requests carry Upload-Draft-Interop-Version."""
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        if not is_ietf(request):
+            return await tus_handler(request)
+        if request.headers["Upload-Draft-Interop-Version"].strip() != INTEROP_VERSION:
+            raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
+                              f"only Upload-Draft-Interop-Version: {INTEROP_VERSION} is supported")
+        return await ietf_handler(request)
+
+    return dispatch
+
+
+def _bool(request: web.Request, name: str) -> bool:
+    value = request.headers.get(name, "").strip()
+    if value not in ("?0", "?1"):
+        raise UploadError(ErrorCode.INVALID_REQUEST, f"{name} must be the structured boolean ?0 or ?1")
+    return value == "?1"
+
+
+def _integer(request: web.Request, name: str) -> int | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _SF_INTEGER.match(value.strip()):
+        code = ErrorCode.INVALID_OFFSET if name == "Upload-Offset" else ErrorCode.INVALID_UPLOAD_LENGTH
+        raise UploadError(code, f"{name} must be a non-negative structured integer")
+    return int(value)
+
+
+def upload_limit(request: web.Request) -> str:
+    settings = request.app[SETTINGS]
+    return f"max-size={settings.max_upload_size}, min-size=0, max-age={settings.upload_ttl}"
+
+
+def _state_headers(request: web.Request, upload: Upload) -> dict[str, str]:
+    headers = {
+        "Upload-Draft-Interop-Version": INTEROP_VERSION,
+        "Upload-Offset": str(upload.offset),
+        "Upload-Complete": "?1" if upload.state in (State.COMPLETING, State.COMPLETED) else "?0",
+        "Upload-Limit": upload_limit(request),
+    }
+    if upload.length is not None:
+        headers["Upload-Length"] = str(upload.length)
+    return headers
+
+
+def _representation_metadata(request: web.Request) -> str:
+    """Content-Type and Content-Disposition's filename become the upload's metadata."""
+    metadata: dict[str, str | None] = {}
+    disposition = request.headers.get("Content-Disposition", "")
+    if match := _FILENAME_STAR.search(disposition):
+        metadata["filename"] = unquote(match.group(1))
+    elif match := _FILENAME.search(disposition):
+        metadata["filename"] = match.group(1)
+    content_type = request.headers.get("Content-Type")
+    if content_type and content_type.split(";")[0].strip().lower() != PARTIAL_UPLOAD:
+        metadata["filetype"] = content_type.split(";")[0].strip()
+    return md.encode_metadata(metadata)
+
+
+async def _send_104(request: web.Request, headers: dict[str, str]) -> None:
+    """An interim response before the final one (aiohttp itself writes `100 Continue` this way)."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    await request.writer.write(f"HTTP/1.1 104 Upload Resumption Supported\r\n{lines}\r\n".encode())
+
+
+async def _complete(request: web.Request, upload: Upload) -> Upload:
+    """`Upload-Complete: ?1` on a request whose length was not announced: the length is what arrived."""
+    if upload.length is not None or upload.state is not State.ACTIVE:
+        return upload
+    return await request.app[PROXY].patch(upload.id, owner_of(request), upload.offset, _NoBody(),
+                                          declared_length=upload.offset)
+
+
+class _NoBody:
+    length = 0
+
+    async def read(self, limit: int) -> bytes:
+        return b""
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    complete = _bool(request, "Upload-Complete")
+    length = _integer(request, "Upload-Length")
+    if complete and request.content_length is not None:
+        if length is not None and length != request.content_length:
+            raise UploadError(ErrorCode.INCONSISTENT_LENGTH, "Upload-Length and Content-Length disagree")
+        length = request.content_length
+    owner = owner_of(request)
+    upload = await request.app[SERVICE].create(owner, length=length, metadata_header=_representation_metadata(request),
+                                               part_size_hint=None, part_checksum=None)
+    location = upload_url(request, upload.id)
+    await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
+                              "Upload-Draft-Interop-Version": INTEROP_VERSION})
+    if upload.state is State.ACTIVE and request.content_length != 0:
+        upload = await request.app[PROXY].patch(upload.id, owner, 0, RequestBodyStream(
+            request, request.app[SETTINGS].body_idle_timeout))
+    if complete:
+        upload = await _complete(request, upload)
+    return web.Response(status=201, headers={**_state_headers(request, upload), "Location": location})
+
+
+async def head(request: web.Request) -> web.Response:
+    upload = await request.app[SERVICE].status(request.match_info["upload_id"], owner_of(request))
+    return web.Response(status=204, headers={**_state_headers(request, upload), "Cache-Control": "no-store"})
+
+
+async def append(request: web.Request) -> web.Response:
+    if request.content_type != PARTIAL_UPLOAD:
+        raise UploadError(ErrorCode.INVALID_CONTENT_TYPE, f"an append needs Content-Type: {PARTIAL_UPLOAD}")
+    offset = _integer(request, "Upload-Offset")
+    if offset is None:
+        raise UploadError(ErrorCode.INVALID_OFFSET, "Upload-Offset is required")
+    complete = _bool(request, "Upload-Complete")
+    upload_id, owner = request.match_info["upload_id"], owner_of(request)
+    current = await request.app[SERVICE].status(upload_id, owner)
+    if current.state is not State.ACTIVE:
+        if request.content_length == 0:
+            raise UploadError(ErrorCode.COMPLETED_UPLOAD, "the upload is already complete")
+        raise UploadError(ErrorCode.INCONSISTENT_LENGTH, "the upload is already complete; nothing can be appended")
+    declared = offset + request.content_length if complete and request.content_length is not None else None
+    if declared is not None and current.length is not None and declared != current.length:
+        raise UploadError(ErrorCode.INCONSISTENT_LENGTH, f"the upload's length is {current.length}")
+    try:
+        upload = await request.app[PROXY].patch(
+            upload_id, owner, offset, RequestBodyStream(request, request.app[SETTINGS].body_idle_timeout),
+            declared_length=declared if current.length is None else None)
+    except UploadError as exc:
+        if exc.code is ErrorCode.OFFSET_MISMATCH:
+            exc.details["provided_offset"] = offset
+        raise
+    if complete:
+        upload = await _complete(request, upload)
+    return web.Response(status=204, headers=_state_headers(request, upload))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    await request.app[SERVICE].terminate(request.match_info["upload_id"], owner_of(request))
+    return web.Response(status=204, headers={"Upload-Draft-Interop-Version": INTEROP_VERSION})
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Upload-Limit": upload_limit(request), "Accept-Patch": PARTIAL_UPLOAD,
+                                             "Upload-Draft-Interop-Version": INTEROP_VERSION})
