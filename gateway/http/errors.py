@@ -78,12 +78,18 @@ def error_response(status: int, code: str, message: str, *, details: dict[str, A
                         headers=headers)
 
 
-def render(exc: UploadError) -> web.Response:
+def _headers(exc: UploadError) -> dict[str, str]:
+    """Headers every rendering of an error carries."""
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return headers
+
+
+def render(exc: UploadError) -> web.Response:
+    headers = _headers(exc)
     if exc.code is ErrorCode.UNSUPPORTED_VERSION:
         headers["Tus-Version"] = "1.0.0"
     return error_response(STATUS[exc.code], exc.code.value, exc.message, details=exc.details, headers=headers)
@@ -103,11 +109,7 @@ def render_problem(exc: UploadError) -> web.Response:
     kind = _PROBLEM_TYPES.get(exc.code)
     body: dict[str, Any] = {"type": f"https://iana.org/assignments/http-problem-types#{kind}" if kind
                             else "about:blank", "title": exc.message, "status": status, "code": exc.code.value}
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
-    if exc.code is ErrorCode.UNAUTHORIZED:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    headers = _headers(exc)
     if exc.code is ErrorCode.OFFSET_MISMATCH:
         body["expected-offset"] = exc.details.get("offset")
         body["provided-offset"] = exc.details.get("provided_offset")
