@@ -82,8 +82,9 @@ async def test_create_makes_row_and_multipart_upload(gateway: Gateway, db, s3) -
     assert abs((row["expires_at"] - expires).total_seconds()) < 1
     # The key comes from the id, never from the filename.
     assert row["s3_key"].endswith(uid) and "passwd" not in row["s3_key"]
-    listing = s3.list_multipart_uploads(Bucket=gateway.settings.s3_bucket, Prefix=row["s3_key"])
-    assert [u["UploadId"] for u in listing.get("Uploads", [])] == [row["multipart_id"]]
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=gateway.settings.s3_bucket,
+                                                                 Prefix=row["s3_key"])
+    assert [u["UploadId"] for page in pages for u in page.get("Uploads", [])] == [row["multipart_id"]]
 
 
 async def test_head_reports_upload(gateway: Gateway) -> None:
