@@ -49,11 +49,18 @@ def _bad(message: str) -> UploadError:
 
 
 async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
+        raise too_large
+    # Read to the end: one read() returns only what has arrived so far (a body in several TCP segments).
+    pieces: list[bytes] = []
+    size = 0
+    while piece := await request.content.read(limit + 1 - size):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise too_large
+    raw = b"".join(pieces)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -89,12 +96,6 @@ async def _upload_for(request: web.Request) -> Upload:
     return upload
 
 
-def _sign_headers(headers: dict[str, str]) -> dict[str, Any]:
-    # Companion answers {url, expires}; a checksum header (uploads created with Upload-Part-Checksum on
-    # /files) is passed the way @uppy/aws-s3's signPart result carries it.
-    return {"headers": headers} if headers else {}
-
-
 # -- handlers -----------------------------------------------------------------------------------------
 
 
@@ -126,8 +127,9 @@ async def sign_part(request: web.Request) -> web.Response:
     # pin_length=False: Uppy does not say which part is the last; sizes are checked at complete.
     result = await request.app[SERVICE].sign(upload.id, owner_of(request), [PartRequest(number)], None,
                                              pin_length=False)
-    part = result.parts[0]
-    return web.json_response({"url": part.url, "expires": result.expires_in, **_sign_headers(part.headers)},
+    # No part checksums here: uploads created on /s3/multipart have none (one created on /files with
+    # Upload-Part-Checksum answers 400 checksum_required, as Uppy cannot send a part's digest).
+    return web.json_response({"url": result.parts[0].url, "expires": result.expires_in},
                              headers={"Cache-Control": "no-store"})
 
 
@@ -142,11 +144,8 @@ async def sign_batch(request: web.Request) -> web.Response:
     numbers = list(dict.fromkeys(int(item) for item in items))
     result = await request.app[SERVICE].sign(upload.id, owner_of(request), [PartRequest(n) for n in numbers],
                                              None, pin_length=False)
-    body: dict[str, Any] = {"presignedUrls": {str(p.number): p.url for p in result.parts}}
-    headers = {str(p.number): p.headers for p in result.parts if p.headers}
-    if headers:
-        body["headers"] = headers
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return web.json_response({"presignedUrls": {str(p.number): p.url for p in result.parts}},
+                             headers={"Cache-Control": "no-store"})
 
 
 async def list_parts(request: web.Request) -> web.Response:
@@ -180,10 +179,14 @@ async def complete(request: web.Request) -> web.Response:
     done = await service.load(upload.id, owner)
     service.ensure_alive(done)  # a completion S3 refused for good: 410 upload_failed
     if done.state is State.ACTIVE:
-        # S3 refused parts at CompleteMultipartUpload; the gateway reopened them.
         missing = [n for n in numbers if not done.is_confirmed(n)]
-        raise UploadError(ErrorCode.PART_NOT_VISIBLE, f"S3 refused parts {missing[:10]} at completion; upload them again",
-                          details={"parts": missing}, retry_after=1)
+        if missing:  # S3 refused them at CompleteMultipartUpload; the gateway reopened them
+            raise UploadError(ErrorCode.PART_NOT_VISIBLE,
+                              f"S3 refused parts {missing[:10]} at completion; upload them again",
+                              details={"parts": missing}, retry_after=1)
+        # An upload whose length was known before (e.g. created on /files): these parts are not all of it.
+        raise UploadError(ErrorCode.LENGTH_CONFLICT,
+                          f"parts 1..{max(numbers)} do not make the whole upload of {done.length} bytes")
     # `completing`: S3 is still assembling (the completion worker finishes it); the location answers
     # 409 not_ready until then.
     return web.json_response({"location": upload_url(request, done.id), "key": done.key, "bucket": done.bucket})
@@ -191,8 +194,9 @@ async def complete(request: web.Request) -> web.Response:
 
 async def abort(request: web.Request) -> web.Response:
     upload = await _upload_for(request)
-    if upload.state in (State.COMPLETING, State.COMPLETED):
+    if upload.state is State.COMPLETED:
         # Like S3's AbortMultipartUpload, this never deletes a finished object (DELETE /files/{id} does).
+        # (`completing`: the core answers 409 completing with Retry-After.)
         raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete; there is no multipart upload to abort")
     await request.app[SERVICE].terminate(upload.id, owner_of(request))
     return web.json_response({})
