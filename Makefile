@@ -28,4 +28,5 @@ test: install system-deps
 	$(PY) -m pytest
 
 bench: install
-	$(PY) bench/presign.py
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench

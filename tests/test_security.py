@@ -11,7 +11,7 @@
   Content-Disposition is one safe header and unsafe types are served as application/octet-stream;
 - unknown and SQL-ish ids -> 404; a huge JSON body -> 413; no Tus-Resumable -> 412.
 
-Known server bugs are `xfail(strict=True)` with their reproduction in the reason.
+Bugs this matrix found are fixed and pinned here as regression tests.
 """
 
 from __future__ import annotations
@@ -215,11 +215,6 @@ async def test_hs256_forged_with_the_rsa_public_key_is_401(stack, db, tmp_path: 
         assert await owner_rows(db, "rsa-user") == count
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an Authorization header whose bytes are not UTF-8 (e.g. b'Bearer \\xe9', legal obs-text in "
-    "HTTP/1.1) answers 500 to an unauthenticated client: aiohttp hands the value over surrogate-escaped and "
-    "PyJWT's get_unverified_header raises UnicodeEncodeError, which Authenticator._verify does not catch "
-    "(it catches PyJWTError only). Expected: 401 with WWW-Authenticate: Bearer."))
 async def test_non_utf8_authorization_is_401(gateway: Gateway) -> None:
     reply = await asyncio.to_thread(raw_request, gateway.url, "POST", "/files",
                                     [("Authorization", "Bearer \xe9\xe9"), ("Tus-Resumable", "1.0.0"),
@@ -228,11 +223,6 @@ async def test_non_utf8_authorization_is_401(gateway: Gateway) -> None:
     assert (reply.header("WWW-Authenticate") or "").startswith("Bearer")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (needs a validly signed token, so only a trusted issuer can trigger it): a `sub` (or `iss`) claim "
-    "containing NUL answers 500 on POST /files: the owner reaches Postgres text parameters "
-    "(pg_advisory_xact_lock in repository.insert) and asyncpg raises CharacterNotInRepertoireError. "
-    "Expected: 401 (or any 4xx), never 500. Repro: token(sub='a\\x00b'), POST /files Upload-Length: 5"))
 async def test_subject_with_nul_is_not_500(gateway: Gateway) -> None:
     headers = {"Authorization": f"Bearer {token('a' + chr(0) + 'b')}", **TUS, "Upload-Length": "5"}
     async with gateway.http.post(gateway.files(), headers=headers) as response:
@@ -439,10 +429,7 @@ FILENAMES = [
     ("\\", "download"),
     ("x" * 1500, "x" * 255),
     ("é" * 600, "é" * 255),
-    pytest.param("evil\x00.txt", "evil.txt", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a metadata value containing NUL answers 500 on POST /files (jsonb refuses \\u0000 in "
-        "repository.insert); see tests/test_fuzz.py::test_bug_metadata_value_with_nul_is_500"))),
-]
+]  # a NUL in a metadata value is refused at creation (tests/test_fuzz.py::test_metadata_value_with_nul_is_400)
 DISPOSITION = re.compile(r"attachment; filename=\"([\x20\x21\x23-\x3a\x3c-\x5b\x5d-\x7e]*)\"; "
                          r"filename\*=UTF-8''([A-Za-z0-9%._~!*'()-]*)")
 
@@ -460,8 +447,9 @@ async def test_hostile_filename_never_reaches_the_key_or_a_raw_header(gateway: G
     upload = upload_id(location)
     row = await db.fetchrow("select * from uploads where id = $1", upload)
     assert row["s3_key"] == f"{settings.s3_key_prefix}/{upload[2:4]}/{upload}"
-    in_flight = s3.list_multipart_uploads(Bucket=settings.s3_bucket, Prefix=f"{settings.s3_key_prefix}/")
-    assert row["s3_key"] in [u["Key"] for u in in_flight.get("Uploads", [])]
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=settings.s3_bucket,
+                                                                 Prefix=f"{settings.s3_key_prefix}/")
+    assert row["s3_key"] in [u["Key"] for page in pages for u in page.get("Uploads", [])]
     # HEAD echoes the canonical base64 form only (what we sent is canonical).
     async with gateway.http.head(location, headers=auth()) as response:
         assert response.headers["Upload-Metadata"] == metadata
@@ -548,18 +536,8 @@ async def test_unknown_and_sqlish_ids_are_404(gateway: Gateway, db, raw_id: str)
     assert await db.fetchval(count_events) == events
 
 
-PARTIAL_READ_BUG = (
-    "BUG: parts._json_body reads the body with a single request.content.read(MAX_JSON_BODY + 1), which returns "
-    "whatever has arrived so far, not the whole body. A body that arrives in more than one piece is cut: a "
-    "chunked body over 256 KiB whose first piece arrives alone answers 400 'the body is not valid JSON' "
-    "instead of 413, and (worse) a small valid JSON body split across TCP segments (normal on real networks, "
-    "TLS, large sign batches) is refused with 400. Repro: POST /files/{id}/parts with Content-Length: 17, "
-    "send b'{\"par', wait 0.3 s, send b'ts\": [1, 2]}' -> 400 invalid_request (200 when sent at once)")
-
-
 @pytest.mark.parametrize("method", ["POST", "PUT"])
-@pytest.mark.parametrize("chunked", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True,
-                                                                                        reason=PARTIAL_READ_BUG))])
+@pytest.mark.parametrize("chunked", [False, True])
 async def test_huge_json_body_is_413(gateway: Gateway, db, method: str, chunked: bool) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(2 * PART, **HINT)
     before = await snapshot(db, upload_id(location))
@@ -596,8 +574,7 @@ async def _send_in_two_pieces(gw: Gateway, path: str, body: bytes, split: int) -
     return status, answer.split(b"\r\n\r\n", 1)[1]
 
 
-@pytest.mark.parametrize("split", [None, pytest.param(5, marks=pytest.mark.xfail(strict=True,
-                                                                                reason=PARTIAL_READ_BUG))])
+@pytest.mark.parametrize("split", [None, 5])
 async def test_json_body_arriving_in_pieces_is_read_whole(gateway: Gateway, split: int | None) -> None:
     location = await gateway.create(2 * PART, **HINT)
     body = json.dumps({"parts": [1, 2]}).encode()

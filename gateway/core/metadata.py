@@ -59,6 +59,8 @@ def parse_metadata(header: str | None) -> dict[str, str | None]:
             except binascii.Error:
                 raise _invalid(f"metadata value of {key!r} is not standard base64") from None
             value = raw.decode("utf-8", "replace")
+            if "\x00" in value:  # cannot be stored (Postgres text) and has no place in a name or type
+                raise _invalid(f"metadata value of {key!r} contains a NUL character")
         result[key] = value
         if len(result) > MAX_KEYS:
             raise _invalid(f"at most {MAX_KEYS} metadata keys")

@@ -133,13 +133,14 @@ class ProxyUploads:
         if upload.signed_parts_live or upload.confirmed_beyond_prefix:
             raise UploadError(ErrorCode.PATH_CONFLICT,
                               "parts of this upload are being uploaded with presigned URLs; continue that way")
+        # The body must fit the length it declares before the declaration is written.
+        limit = min(service.planned_with_length(upload, declared_length).limit, service.limits.max_upload_size)
+        if body.length is not None and offset + body.length > limit:
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the body goes past the upload's end ({limit} bytes)")
         if declared_length is not None:
             upload = await service.declare_length(upload, declared_length)
             if upload.state is not State.ACTIVE:
                 return upload
-        limit = min(upload.limit, service.limits.max_upload_size)
-        if body.length is not None and offset + body.length > limit:
-            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the body goes past the upload's end ({limit} bytes)")
         claimed = await service.repo.claim_writer(upload.id, offset, service.limits.upload_ttl)
         if claimed is None:
             current = await service.load(upload_id, owner)

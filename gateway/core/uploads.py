@@ -11,7 +11,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from gateway.core import metadata as md
@@ -216,21 +216,23 @@ class UploadService:
         if upload.stash:
             raise UploadError(ErrorCode.PATH_CONFLICT,
                               "this upload has bytes from PATCH requests inside a part; continue with PATCH")
-        if length is not None:
-            upload = await self.declare_length(upload, length)
+        # Everything is checked against the upload as the declared length makes it, before any write.
+        planned = self.planned_with_length(upload, length)
         numbers = [r.number for r in requests]
         if len(set(numbers)) != len(numbers):
             raise UploadError(ErrorCode.INVALID_REQUEST, "a part number appears twice")
-        unknown = [n for n in numbers if not upload.valid_part_number(n)]
+        unknown = [n for n in numbers if not planned.valid_part_number(n)]
         if unknown:
             raise UploadError(ErrorCode.UNKNOWN_PART, f"no such part in this upload: {unknown[:10]}",
                               details={"parts": unknown})
-        confirmed = [n for n in numbers if upload.is_confirmed(n)]
+        confirmed = [n for n in numbers if planned.is_confirmed(n)]
         if confirmed:
             # A live URL could replace a confirmed part and break Complete.
             raise UploadError(ErrorCode.PART_CONFIRMED, f"parts already confirmed: {confirmed[:10]}",
                               details={"parts": confirmed})
-        checksums = [self._checksum_header(upload, r) for r in requests]
+        checksums = [self._checksum_header(planned, r) for r in requests]
+        if length is not None:
+            upload = await self.declare_length(upload, length)
         limits = self.limits
         now = datetime.now(timezone.utc)
         expires_at = now + timedelta(seconds=limits.presign_ttl)
@@ -277,10 +279,12 @@ class UploadService:
                               f"part {request.number}: checksum is not a base64 {algorithm.value} digest")
         return CHECKSUM_HEADERS[algorithm], request.checksum
 
-    async def declare_length(self, upload: Upload, length: int) -> Upload:
+    def planned_with_length(self, upload: Upload, length: int | None) -> Upload:
+        """The upload as it will be once `length` is declared; raises if the declaration is refused.
+        Nothing is written, so a request can be checked whole before it changes anything."""
+        if length is None or upload.length == length:
+            return upload
         if upload.length is not None:
-            if upload.length == length:
-                return upload
             raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
         ceiling = min(self.limits.max_upload_size, upload.max_length)
         if length > ceiling:
@@ -293,6 +297,12 @@ class UploadService:
             raise UploadError(ErrorCode.LENGTH_CONFLICT, "confirmed parts lie past that length")
         if length == 0:
             raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "a deferred upload cannot end empty here")
+        return replace(upload, length=length)
+
+    async def declare_length(self, upload: Upload, length: int) -> Upload:
+        self.planned_with_length(upload, length)
+        if upload.length is not None:
+            return upload
         declared = await self.repo.declare_length(upload.id, length, self.limits.upload_ttl)
         if declared is None:
             raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")

@@ -64,12 +64,17 @@ class Authenticator:
             raise _unauthorized("Authorization must be 'Bearer <token>'")
         claims = self._verify(token.strip())
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
-            raise _unauthorized("token has no subject")
+        if not isinstance(subject, str) or not subject or "\x00" in subject:
+            raise _unauthorized("token has no usable subject")
         issuer = claims.get("iss")
-        return Owner(issuer if isinstance(issuer, str) else "", subject)
+        issuer = issuer if isinstance(issuer, str) else ""
+        if "\x00" in issuer:
+            raise _unauthorized("token issuer contains a NUL character")
+        return Owner(issuer, subject)
 
     def _verify(self, token: str) -> dict[str, Any]:
+        if not token.isascii():  # a JWT is base64url; PyJWT fails on other bytes with a non-JWT error
+            raise _unauthorized("malformed token")
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:

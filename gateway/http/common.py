@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from aiohttp import web
 
@@ -36,3 +38,24 @@ def parse_non_negative(request: web.Request, name: str) -> int | None:
         code = ErrorCode.INVALID_OFFSET if name == "Upload-Offset" else ErrorCode.INVALID_UPLOAD_LENGTH
         raise UploadError(code, f"{name} must be a non-negative integer")
     return int(raw.strip())
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body, read to its end (one read() returns only what has arrived)."""
+    too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    pieces: list[bytes] = []
+    size = 0
+    while piece := await request.content.read(limit + 1 - size):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise too_large
+    try:
+        body = json.loads(b"".join(pieces) or b"{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested input
+        raise UploadError(ErrorCode.INVALID_REQUEST, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise UploadError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    return body

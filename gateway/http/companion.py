@@ -32,7 +32,7 @@ from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import MiB, State, Upload
 from gateway.core.uploads import PartRequest
-from gateway.http.common import UPLOAD_ID_PATTERN, owner_of, upload_url
+from gateway.http.common import UPLOAD_ID_PATTERN, owner_of, read_json_object, upload_url
 from gateway.http.keys import SERVICE
 
 # @uppy/aws-s3 5.x: chunk size max(5 MiB, ceil(size / 10000)), i.e. 5 MiB for files up to ~48.8 GiB.
@@ -46,28 +46,6 @@ _NUMBER = re.compile(r"^[0-9]{1,9}$")
 
 def _bad(message: str) -> UploadError:
     return UploadError(ErrorCode.INVALID_REQUEST, message)
-
-
-async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    # Read to the end: one read() returns only what has arrived so far (a body in several TCP segments).
-    pieces: list[bytes] = []
-    size = 0
-    while piece := await request.content.read(limit + 1 - size):
-        pieces.append(piece)
-        size += len(piece)
-        if size > limit:
-            raise too_large
-    raw = b"".join(pieces)
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise _bad("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad("the body must be a JSON object")
-    return body
 
 
 def _text(value: Any) -> str:
@@ -105,7 +83,7 @@ async def options(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await _json_object(request, MAX_CREATE_BODY)
+    body = await read_json_object(request, MAX_CREATE_BODY)
     filename, content_type, metadata = body.get("filename"), body.get("type"), body.get("metadata", {})
     if not isinstance(filename, str) or not filename:
         raise _bad('the "filename" field is required and must be a non-empty string')
@@ -171,7 +149,7 @@ def _completion_parts(body: dict[str, Any]) -> list[int]:
 
 async def complete(request: web.Request) -> web.Response:
     upload = await _upload_for(request)
-    numbers = _completion_parts(await _json_object(request, MAX_COMPLETE_BODY))
+    numbers = _completion_parts(await read_json_object(request, MAX_COMPLETE_BODY))
     service = request.app[SERVICE]
     owner = owner_of(request)
     # The ETags are S3's to know: the gateway completes with the parts S3 lists (sizes checked).

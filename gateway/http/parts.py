@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -11,28 +10,13 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import Upload
 from gateway.core.uploads import PartRequest
 from gateway.http.keys import SERVICE
-from gateway.http.common import owner_of
+from gateway.http.common import DIGITS, owner_of, read_json_object
 
 MAX_JSON_BODY = 256 * 1024
 
 
 def _bad(message: str) -> UploadError:
     return UploadError(ErrorCode.INVALID_REQUEST, message)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {MAX_JSON_BODY} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise _bad("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad("the body must be a JSON object")
-    return body
 
 
 def _part_number(value: Any) -> int:
@@ -62,7 +46,7 @@ def _offset_headers(upload: Upload) -> dict[str, str]:
 
 
 async def sign(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await read_json_object(request, MAX_JSON_BODY)
     length = body.get("length")
     # An empty list is allowed with "length": declaring the length of a deferred upload whose
     # confirmed parts already end on a part boundary.
@@ -85,14 +69,14 @@ async def sign(request: web.Request) -> web.Response:
 
 async def confirm_one(request: web.Request) -> web.Response:
     raw = request.match_info["number"]
-    if not raw.isdigit() or len(raw) > 5:
+    if not DIGITS.match(raw) or len(raw) > 5:
         raise UploadError(ErrorCode.UNKNOWN_PART, "part numbers are 1..10000")
     upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), [int(raw)])
     return web.Response(status=204, headers=_offset_headers(upload))
 
 
 async def confirm_many(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await read_json_object(request, MAX_JSON_BODY)
     numbers = [_part_number(n) for n in _parts_list(body)]
     upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), numbers)
     return web.Response(status=204, headers=_offset_headers(upload))

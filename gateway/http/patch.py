@@ -84,9 +84,9 @@ def has_upload_body(request: web.Request) -> bool:
     return request.content_length != 0
 
 
-async def upload_during_creation(request: web.Request, upload: Upload) -> Upload:
+async def upload_during_creation(request: web.Request, upload: Upload,
+                                 checksum: ExpectedChecksum | None) -> Upload:
     """The created upload keeps whatever bytes arrive; a failure here still answers 201 (offset says it)."""
-    checksum = parse_upload_checksum(request)
     try:
         return await request.app[PROXY].patch(upload.id, owner_of(request), 0, _body(request), checksum=checksum)
     except UploadError as exc:

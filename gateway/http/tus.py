@@ -13,7 +13,7 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, PartChecksum, Upload
 from gateway.http.common import DIGITS, UPLOAD_ID, owner_of, parse_non_negative, upload_url
 from gateway.http.keys import CONCAT, SERVICE, SETTINGS
-from gateway.http.patch import has_upload_body, upload_during_creation
+from gateway.http.patch import has_upload_body, parse_upload_checksum, upload_during_creation
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,"
@@ -90,12 +90,13 @@ async def create(request: web.Request) -> web.Response:
         raise UploadError(ErrorCode.AMBIGUOUS_UPLOAD_LENGTH, "send Upload-Length or Upload-Defer-Length, not both")
     if length is None and defer is None:
         raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "Upload-Length or Upload-Defer-Length: 1 is required")
+    body_checksum = parse_upload_checksum(request) if has_upload_body(request) else None  # refuse before creating
     upload = await request.app[SERVICE].create(
         owner_of(request), length=length, metadata_header=request.headers.get("Upload-Metadata"),
         part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request),
         partial=concat == "partial")
     if has_upload_body(request) and upload.length != 0:
-        upload = await upload_during_creation(request, upload)
+        upload = await upload_during_creation(request, upload, body_checksum)
     return _created(request, upload)
 
 
