@@ -81,7 +81,8 @@ async def gateway_services(settings: Settings) -> AsyncIterator[tuple[
         hook_session = aiohttp.ClientSession()
         stack.push_async_callback(hook_session.close)
         client = await stack.enter_async_context(s3_client(settings))
-        store = S3ObjectStore(client, settings.s3_bucket)
+        byte_store = S3ByteStore(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
+        store = S3ObjectStore(client, settings.s3_bucket, byte_store)
         repo = PgUploadRepository(pool)
         create_hook = (HttpCreateHook(hook_session, settings.pre_create_hook_url, settings.hook_timeout)
                        if settings.pre_create_hook_url else None)
@@ -89,7 +90,6 @@ async def gateway_services(settings: Settings) -> AsyncIterator[tuple[
         service = UploadService(
             repo, store, S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
             limits_from(settings), create_hook)
-        byte_store = S3ByteStore(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
         proxy = ProxyUploads(service, byte_store)
         completion = CompletionWorker(service, settings.completion_retry_after)
         sweeper = Sweeper(service, completion, tombstone_days=settings.tombstone_days,

@@ -16,10 +16,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,49 +29,22 @@ from yarl import URL
 from gateway.embedded import StackInfo
 from tests.conftest import Gateway, make_settings, start_gateway, token, upload_id
 from tests.direct import MiB, stored_bytes
+from tests.node import node_requirement, npm_ci, run_script, write_file
 
 BROWSER_DIR = Path(__file__).parent / "browser"
-NODE = shutil.which("node")
 NODE_TIMEOUT = 180.0
 PART = 5 * MiB
 SIZE = 23 * MiB + 12_345  # 5 parts: four of 5 MiB and a short last one
 
 
-def _node_major() -> int:
-    if NODE is None:
-        return 0
-    out = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout
-    return int(out.strip().lstrip("v").split(".")[0] or 0)
-
-
-needs_node = pytest.mark.skipif(_node_major() < 20, reason="the JS adapter tests need Node.js 20+ (`node` on PATH)")
+needs_node = node_requirement("the JS adapter tests")
 pytestmark = needs_node
 
 
 @functools.cache
 def install_browser_packages() -> Path:
-    """tests/browser/node_modules as pinned by package-lock.json: `npm ci` when missing or stale.
-
-    playwright-core never downloads a browser by itself (no install script); the variable below makes
-    sure nothing else does either. The browser tests use Debian's /usr/bin/chromium.
-    """
-    lock = BROWSER_DIR / "package-lock.json"
-    stamp = BROWSER_DIR / "node_modules" / ".installed-lock-sha256"
-    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != wanted:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is not installed: it is needed to install tests/browser/node_modules (npm ci)")
-        env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER_DIR, capture_output=True,
-                              text=True, timeout=600, env=env)
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {BROWSER_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        stamp.write_text(wanted + "\n")
-    for package in ("tus-js-client", "playwright-core"):
-        if not (BROWSER_DIR / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"{package} is missing from {BROWSER_DIR / 'node_modules'} after npm ci")
-    return BROWSER_DIR
+    """tests/browser/node_modules, pinned; playwright-core never downloads a browser by itself."""
+    return npm_ci(BROWSER_DIR, ("tus-js-client", "playwright-core"))
 
 
 @pytest.fixture(scope="session")
@@ -83,43 +52,9 @@ def browser_packages() -> Path:
     return install_browser_packages()
 
 
-class NodeFailed(AssertionError):
-    pass
-
-
 async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
     """Run a tests/browser script with JSON options; its last stdout line is the JSON result."""
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE, str(BROWSER_DIR / script), json.dumps(options), cwd=BROWSER_DIR,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        process.kill()
-        await process.wait()
-        raise
-    stderr = err.decode(errors="replace")
-    if process.returncode != 0:
-        raise NodeFailed(f"node {script} exited {process.returncode}:\n{stderr.strip()}\n{out.decode()[-2000:]}")
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {script} printed nothing; stderr: {stderr}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["_stderr"] = stderr
-    return result
-
-
-def write_file(path: Path, size: int) -> str:
-    """A file of random bytes; returns its sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(left, MiB))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
+    return await run_script(BROWSER_DIR, script, options, timeout)
 
 
 async def stored_sha256(db: Any, s3: Any, location: str) -> str:

@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,88 +27,24 @@ from gateway.config import Settings
 from gateway.embedded import StackInfo
 from tests.conftest import Gateway, auth, make_settings, start_gateway, token, upload_id
 from tests.direct import MiB, stored_bytes
+from tests.node import NodeFailed, node_requirement, npm_ci, run_script, write_file  # noqa: F401
 
 JS = Path(__file__).parent / "js"
-NODE = shutil.which("node")
 NODE_TIMEOUT = 120.0
 PART = 5 * MiB
 
 
-def _node_major() -> int:
-    if NODE is None:
-        return 0
-    version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout
-    return int(version.strip().lstrip("v").split(".")[0] or 0)
-
-
-pytestmark = pytest.mark.skipif(_node_major() < 20,
-                                reason="the JavaScript tus client tests need Node.js 20+ (`node` on PATH)")
+pytestmark = node_requirement("the JavaScript tus client tests")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def js_packages() -> Path:
-    """tests/js/node_modules as pinned by package-lock.json: `npm ci` when missing or stale."""
-    lock = JS / "package-lock.json"
-    stamp = JS / "node_modules" / ".installed-lock-sha256"
-    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != wanted:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is not installed: it is needed to install tests/js/node_modules (npm ci)")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
-                              timeout=600)
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {JS} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        stamp.write_text(wanted + "\n")
-    for package in ("tus-js-client", "@uppy/core", "@uppy/tus"):
-        if not (JS / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"{package} is missing from {JS / 'node_modules'} after npm ci")
-    return JS
-
-
-class NodeFailed(AssertionError):
-    def __init__(self, script: str, code: int | None, stderr: str) -> None:
-        super().__init__(f"node {script} exited {code}: {stderr.strip()}")
-        self.code = code
-        self.stderr = stderr
+    return npm_ci(JS, ("tus-js-client", "@uppy/core", "@uppy/tus"))
 
 
 async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
     """Run a tests/js script with JSON options; its last stdout line is the JSON result."""
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE, str(JS / script), json.dumps(options), cwd=JS,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise NodeFailed(script, None, f"still running after {timeout:.0f}s, killed") from None
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
-    if process.returncode != 0:
-        raise NodeFailed(script, process.returncode, err.decode(errors="replace"))
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {script} printed nothing; stderr: {err.decode(errors='replace')}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["_stderr"] = err.decode(errors="replace")
-    return result
-
-
-def write_file(path: Path, size: int) -> str:
-    """A file of random bytes; returns its sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(left, MiB))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
+    return await run_script(JS, script, options, timeout)
 
 
 async def stored_sha256(db: Connection, s3: Any, location: str) -> str:

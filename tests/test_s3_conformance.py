@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import botocore.session
+import aiohttp
 import pytest
 import pytest_asyncio
 from botocore.config import Config
@@ -32,6 +33,8 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, PartsPage
 from gateway.embedded import HOST, free_port
+from gateway.app import make_signer
+from gateway.s3.stream import S3ByteStore
 from gateway.s3.store import S3ObjectStore, s3_client
 
 # One event loop per module, so one aiobotocore client per server (creating one costs ~0.4 s).
@@ -94,8 +97,9 @@ def server(request: pytest.FixtureRequest) -> Server:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def store(server: Server) -> AsyncIterator[S3ObjectStore]:
-    async with s3_client(server.settings) as client:
-        yield S3ObjectStore(client, server.bucket)
+    async with s3_client(server.settings) as client, aiohttp.ClientSession() as http:
+        raw = S3ByteStore(http, make_signer(server.settings, server.settings.s3_endpoint_url), server.bucket)
+        yield S3ObjectStore(client, server.bucket, raw)
 
 
 # -- arranging ------------------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -24,92 +22,24 @@ from yarl import URL
 
 from tests.conftest import Gateway, auth, token
 from tests.direct import MiB, stored_bytes
+from tests.node import NodeFailed, node_requirement, npm_ci, run_script, write_file
 
 UPPY = Path(__file__).parent / "uppy"
-NODE = shutil.which("node")
 NODE_TIMEOUT = 120.0
 PART = 5 * MiB  # the part size of uploads created through /s3/multipart (Uppy's default chunk size)
 
 
-def _node_major() -> int:
-    if NODE is None:
-        return 0
-    version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout
-    return int(version.strip().lstrip("v").split(".")[0] or 0)
-
-
-needs_node = pytest.mark.skipif(_node_major() < 20, reason="the Uppy tests need Node.js 20+ (`node` on PATH)")
+needs_node = node_requirement("the Uppy tests")
 
 
 @pytest.fixture(scope="session")
 def uppy_packages() -> Path:
-    """tests/uppy/node_modules as pinned by package-lock.json: `npm ci` when missing or stale."""
-    lock = UPPY / "package-lock.json"
-    stamp = UPPY / "node_modules" / ".installed-lock-sha256"
-    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != wanted:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is not installed: it is needed to install tests/uppy/node_modules (npm ci)")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=UPPY, capture_output=True, text=True,
-                              timeout=600)
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {UPPY} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        stamp.write_text(wanted + "\n")
-    for package in ("@uppy/core", "@uppy/aws-s3"):
-        if not (UPPY / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"{package} is missing from {UPPY / 'node_modules'} after npm ci")
-    return UPPY
-
-
-class NodeFailed(AssertionError):
-    def __init__(self, code: int | None, stderr: str) -> None:
-        super().__init__(f"node uppy_s3_upload.mjs exited {code}: {stderr.strip()[:4000]}")
-        self.code = code
-        self.stderr = stderr
-        # The script's last stderr line: {uploadErrors: [[{name, message, statusCode}, ...cause chain]], requests, puts}
-        try:
-            self.details: dict[str, Any] = json.loads(stderr.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            self.details = {}
+    return npm_ci(UPPY, ("@uppy/core", "@uppy/aws-s3"))
 
 
 async def run_uppy(options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
     """Run tests/uppy/uppy_s3_upload.mjs with JSON options; its last stdout line is the JSON result."""
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE, str(UPPY / "uppy_s3_upload.mjs"), json.dumps(options), cwd=UPPY,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise NodeFailed(None, f"still running after {timeout:.0f}s, killed") from None
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
-    if process.returncode != 0:
-        raise NodeFailed(process.returncode, err.decode(errors="replace"))
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node printed nothing; stderr: {err.decode(errors='replace')}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["_stderr"] = err.decode(errors="replace")
-    return result
-
-
-def write_file(path: Path, size: int) -> str:
-    """A file of random bytes; returns its sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(left, MiB))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
+    return await run_script(UPPY, "uppy_s3_upload.mjs", options, timeout)
 
 
 def uppy_options(gw: Gateway, path: Path, subject: str = "uppy-s3", **options: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -52,6 +53,8 @@ class Sweeper:
         self.tombstone_days = tombstone_days
         self.orphan_grace = orphan_grace
         self.batch = batch
+        # Listing every in-progress S3 upload is O(uploads): done once per grace period, not per sweep.
+        self.next_orphan_scan = 0.0
 
     async def run_once(self) -> SweepReport:
         report = SweepReport()
@@ -61,7 +64,9 @@ class Sweeper:
             if len(expired) < self.batch:
                 break
         report.completed = await self.completion.run_once()
-        report.orphans_aborted = await self._abort_orphans()
+        if time.monotonic() >= self.next_orphan_scan:
+            self.next_orphan_scan = time.monotonic() + max(self.orphan_grace, 60.0)
+            report.orphans_aborted = await self._abort_orphans()
         report.tombstones_purged, report.events_purged = await self.service.repo.purge_ended(
             self.tombstone_days, event_days=7, limit=10_000)
         return report

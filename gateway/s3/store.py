@@ -16,6 +16,7 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, ListedPart, MultipartListing, ObjectHead, PartsPage
 from gateway.metrics import timed_s3_call
+from gateway.s3.stream import S3ByteStore
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,17 @@ async def _translate(operation: str, not_found: tuple[str, ...] = ()) -> AsyncIt
 
 
 class S3ObjectStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, raw: S3ByteStore) -> None:
         self.client = client
         self.bucket = bucket
+        # The hottest control call (one per creation) goes through our own signer.
+        self.raw = raw
 
     async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
                                checksum: PartChecksum | None) -> str:
-        extra = {"ChecksumAlgorithm": _CHECKSUM_ALGORITHM[checksum]} if checksum in _CHECKSUM_ALGORITHM else {}
-        async with _translate("CreateMultipartUpload"):
-            response = await self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata, **extra)
-        return str(response["UploadId"])
+        algorithm = _CHECKSUM_ALGORITHM.get(checksum) if checksum else None
+        return await self.raw.create_multipart(key, content_type=content_type, metadata=metadata,
+                                               checksum_algorithm=algorithm)
 
     async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str]) -> None:
         async with _translate("PutObject"):

@@ -11,7 +11,8 @@ import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from xml.sax.saxutils import escape
+import re
+from xml.sax.saxutils import escape, unescape
 
 import aiohttp
 from yarl import URL
@@ -23,6 +24,7 @@ from gateway.s3.sigv4 import SigV4Signer
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+_UPLOAD_ID = re.compile(r"<UploadId>([^<]+)</UploadId>")
 
 
 def _storage_error(operation: str, detail: str) -> UploadError:
@@ -75,6 +77,22 @@ class S3ByteStore:
                 raise _storage_error("GetObject", f"{response.status} {(await response.text())[:300]}")
             async for chunk in response.content.iter_chunked(READ_CHUNK):
                 yield chunk
+
+    async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
+                               checksum_algorithm: str | None) -> str:
+        """CreateMultipartUpload without botocore's per-call overhead (about 1 ms of CPU per creation)."""
+        headers = {"Content-Type": content_type, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+        if checksum_algorithm:
+            headers["x-amz-checksum-algorithm"] = checksum_algorithm
+        with timed_s3_call("CreateMultipartUpload"):
+            response = await self._request("POST", key, query={"uploads": ""}, headers=headers, body=b"",
+                                           operation="CreateMultipartUpload")
+            async with response:
+                text = await response.text()
+        match = _UPLOAD_ID.search(text)
+        if response.status != 200 or match is None:
+            raise _storage_error("CreateMultipartUpload", f"{response.status} {text[:300]}")
+        return unescape(match.group(1))
 
     async def delete_objects(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):
