@@ -110,10 +110,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[CONCAT] = concat
         app[BACKGROUND] = background
 
-        async def database_ready() -> None:
-            await pool.fetchval("select 1")
-
-        app[READINESS_CHECKS] = {"postgres": database_ready, "s3": service.store.ping}
+        app[READINESS_CHECKS] = {"postgres": repo.ping, "s3": service.store.ping}
 
         async def sample_gauges() -> None:
             DB_POOL_SIZE.labels("open").set(pool.get_size())

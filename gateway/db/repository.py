@@ -356,6 +356,9 @@ class PgUploadRepository:
         async with translate_db_errors():
             await self.pool.execute(_RECORD_DELIVERY, event_id, list(acked_urls), delivered, error, retry_in)
 
+    async def ping(self) -> None:
+        await self.pool.fetchval("select 1")
+
     async def count_by_state(self) -> dict[str, int]:
         async with translate_db_errors():
             rows = await self.pool.fetch("select state, count(*) as n from uploads group by state")
