@@ -10,8 +10,8 @@ import pytest
 
 from gateway.core.concat import plan_parts
 from tests.conftest import Gateway, auth, upload_id
-from tests.direct import MiB, sha256, stored_bytes
-from tests.test_js_clients import js_packages, run_node, stored_sha256, tus_options, write_file  # noqa: F401
+from tests.direct import MiB, sha256, stored_bytes, stored_sha256
+from tests.test_js_clients import js_packages, run_node, tus_options, write_file  # noqa: F401
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 

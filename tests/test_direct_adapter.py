@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from yarl import URL
 
 from gateway.embedded import StackInfo
 from tests.conftest import Gateway, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, stored_bytes
+from tests.direct import MiB, stored_sha256
 from tests.node import node_requirement, npm_ci, run_script, write_file
 
 BROWSER_DIR = Path(__file__).parent / "browser"
@@ -55,14 +54,6 @@ def browser_packages() -> Path:
 async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
     """Run a tests/browser script with JSON options; its last stdout line is the JSON result."""
     return await run_script(BROWSER_DIR, script, options, timeout)
-
-
-async def stored_sha256(db: Any, s3: Any, location: str) -> str:
-    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
-    assert row is not None, f"no upload row for {location}"
-    assert row["state"] == "completed", row["state"]
-    data = await asyncio.to_thread(stored_bytes, s3, row["bucket"], row["s3_key"])
-    return hashlib.sha256(data).hexdigest()
 
 
 # -- proxies that count bytes -----------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from asyncpg import Connection
 from gateway.config import Settings
 from gateway.embedded import StackInfo
 from tests.conftest import Gateway, auth, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, stored_bytes
+from tests.direct import MiB, stored_sha256
 from tests.node import NodeFailed, node_requirement, npm_ci, run_script, write_file  # noqa: F401
 
 JS = Path(__file__).parent / "js"
@@ -45,14 +44,6 @@ def js_packages() -> Path:
 async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
     """Run a tests/js script with JSON options; its last stdout line is the JSON result."""
     return await run_script(JS, script, options, timeout)
-
-
-async def stored_sha256(db: Connection, s3: Any, location: str) -> str:
-    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
-    assert row is not None, f"no upload row for {location}"
-    assert row["state"] == "completed", row["state"]
-    data = await asyncio.to_thread(stored_bytes, s3, row["bucket"], row["s3_key"])
-    return hashlib.sha256(data).hexdigest()
 
 
 def tus_options(gw: Gateway, path: Path, subject: str = "js-user", **options: Any) -> dict[str, Any]:
