@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import aiohttp
@@ -14,24 +14,27 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.core.completion import Completion, CompletionWorker
 from gateway.core.concat import Concatenation
 from gateway.core.events import EventDispatcher
+from gateway.core.limits import Limits
 from gateway.core.ports import Quota
 from gateway.core.proxy import ProxyUploads
-from gateway.core.uploads import Limits, UploadService
-from gateway.core.worker import CompletionWorker, Sweeper, run_periodically
+from gateway.core.uploads import UploadService
+from gateway.core.worker import Sweeper, run_periodically
 from gateway.db.pool import create_pool
 from gateway.db.repository import PgUploadRepository
 from gateway.hooks import HttpCreateHook, HttpWebhookSender
-from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
 from gateway.http.auth import Authenticator
 from gateway.http.demo import setup_demo
 from gateway.http.keys import AUTHENTICATOR, CONCAT, METRICS_SAMPLERS, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
 from gateway.http.routes import setup_http
+from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
+from gateway.s3.client import s3_client
+from gateway.s3.objects import S3ObjectStore
 from gateway.s3.presign import S3PartSigner
+from gateway.s3.signed_requests import S3SignedRequests
 from gateway.s3.sigv4 import Credentials, SigV4Signer
-from gateway.s3.store import S3ObjectStore, s3_client
-from gateway.s3.stream import S3ByteStore
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +48,26 @@ class Background:
     dispatcher: EventDispatcher | None
 
 
-POOL = web.AppKey("pool", asyncpg.Pool)
-REPOSITORY = web.AppKey("repository", PgUploadRepository)
+@dataclass(frozen=True)
+class Services:
+    """Every use case and adapter of a process, built once by `gateway_services`."""
+
+    uploads: UploadService
+    proxy: ProxyUploads
+    concat: Concatenation
+    background: Background
+    repo: PgUploadRepository
+    store: S3ObjectStore
+    pool: asyncpg.Pool
+
+
 BACKGROUND = web.AppKey("background", Background)
 
 
 def limits_from(settings: Settings) -> Limits:
-    return Limits(
-        max_upload_size=settings.max_upload_size, part_size=settings.part_size, upload_ttl=settings.upload_ttl,
-        upload_max_age=settings.upload_max_age, presign_ttl=settings.presign_ttl,
-        download_ttl=settings.download_ttl, sign_batch_max=settings.sign_batch_max,
-        key_prefix=settings.s3_key_prefix, bucket=settings.s3_bucket, complete_timeout=settings.complete_timeout,
-        head_reconcile_timeout=settings.head_reconcile_timeout, reconcile_interval=settings.reconcile_interval,
-        quota=Quota(settings.max_active_uploads_per_owner, settings.max_active_bytes_per_owner),
-    )
+    """Every Limits field but the quota is the setting of the same name."""
+    copied = {f.name: getattr(settings, f.name) for f in fields(Limits) if f.name != "quota"}
+    return Limits(**copied, quota=Quota(settings.max_active_uploads_per_owner, settings.max_active_bytes_per_owner))
 
 
 def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
@@ -67,8 +76,7 @@ def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
 
 
 @contextlib.asynccontextmanager
-async def gateway_services(settings: Settings) -> AsyncIterator[tuple[
-        UploadService, ProxyUploads, Concatenation, Background, PgUploadRepository, asyncpg.Pool]]:
+async def gateway_services(settings: Settings) -> AsyncIterator[Services]:
     """Every long-lived resource of a process, created once and closed in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings)
@@ -81,36 +89,38 @@ async def gateway_services(settings: Settings) -> AsyncIterator[tuple[
         hook_session = aiohttp.ClientSession()
         stack.push_async_callback(hook_session.close)
         client = await stack.enter_async_context(s3_client(settings))
-        byte_store = S3ByteStore(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
-        store = S3ObjectStore(client, settings.s3_bucket, byte_store)
+        signed = S3SignedRequests(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
+        store = S3ObjectStore(client, settings.s3_bucket, signed)
         repo = PgUploadRepository(pool)
+        limits = limits_from(settings)
         create_hook = (HttpCreateHook(hook_session, settings.pre_create_hook_url, settings.hook_timeout)
                        if settings.pre_create_hook_url else None)
+        completion = Completion(repo, store, limits)
         # Presigned URLs carry the endpoint clients reach; streamed calls use the internal one.
-        service = UploadService(
-            repo, store, S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket),
-            limits_from(settings), create_hook)
-        proxy = ProxyUploads(service, byte_store)
-        completion = CompletionWorker(service, settings.completion_retry_after)
-        sweeper = Sweeper(service, completion, tombstone_days=settings.tombstone_days,
-                          orphan_grace=settings.orphan_grace)
+        part_signer = S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket)
+        completion_worker = CompletionWorker(repo, completion, settings.completion_retry_after)
+        sweeper = Sweeper(repo, store, completion_worker, key_prefix=settings.s3_key_prefix,
+                          tombstone_days=settings.tombstone_days, orphan_grace=settings.orphan_grace)
         dispatcher = (EventDispatcher(repo, HttpWebhookSender(hook_session, settings.webhook_secret,
                                                               settings.hook_timeout), settings.webhook_urls)
                       if settings.webhook_urls else None)
-        yield service, proxy, Concatenation(service, byte_store), Background(completion, sweeper, dispatcher), repo, pool
+        yield Services(
+            uploads=UploadService(repo, store, part_signer, completion, limits, create_hook),
+            proxy=ProxyUploads(repo, signed, completion, limits),
+            concat=Concatenation(repo, store, signed, limits),
+            background=Background(completion_worker, sweeper, dispatcher),
+            repo=repo, store=store, pool=pool)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with gateway_services(settings) as (service, proxy, concat, background, repo, pool):
-        app[POOL] = pool
-        app[REPOSITORY] = repo
-        app[SERVICE] = service
-        app[PROXY] = proxy
-        app[CONCAT] = concat
+    async with gateway_services(settings) as services:
+        pool, repo, background = services.pool, services.repo, services.background
+        app[SERVICE] = services.uploads
+        app[PROXY] = services.proxy
+        app[CONCAT] = services.concat
         app[BACKGROUND] = background
-
-        app[READINESS_CHECKS] = {"postgres": repo.ping, "s3": service.store.ping}
+        app[READINESS_CHECKS] = {"postgres": repo.ping, "s3": services.store.ping}
 
         async def sample_gauges() -> None:
             DB_POOL_SIZE.labels("open").set(pool.get_size())

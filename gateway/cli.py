@@ -75,7 +75,8 @@ def sweep_command(args: argparse.Namespace) -> None:
     settings.require_services()
 
     async def run() -> None:
-        async with gateway_services(settings) as (_, _, _, background, repo, _):
+        async with gateway_services(settings) as services:
+            background, repo = services.background, services.repo
             report = await background.sweeper.run_once()
             delivered = await background.dispatcher.run_once() if background.dispatcher else 0
             print(f"expired {report.expired}, completed {report.completed}, aborted {report.orphans_aborted} "

@@ -59,6 +59,8 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from gateway.s3.setup import cors_rule
+
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 START_TIMEOUT = 30.0
@@ -336,13 +338,8 @@ class EmbeddedSeaweed:
 
         try:
             _wait_until(self.server, bucket_ready, "serving the bucket")
-            client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [{
-                "AllowedOrigins": self.cors_origins,
-                "AllowedMethods": ["PUT", "GET", "HEAD"],
-                "AllowedHeaders": ["*"],
-                "ExposeHeaders": ["ETag"],
-                "MaxAgeSeconds": 3600,
-            }]})
+            # The production rule (`gateway s3 setup`), so dev and production cannot drift.
+            client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [cors_rule(self.cors_origins)]})
             origin = self.cors_origins[0].replace("*", "localhost")
             if not preflight(endpoint, self.bucket, origin).getheader("Access-Control-Allow-Origin"):
                 raise self.server.error(f"CORS preflight from {origin} was not allowed")

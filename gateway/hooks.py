@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.events import Event
+from gateway.core.ports import Event
 from gateway.core.model import Owner
 
 SIGNATURE_HEADER = "Gateway-Signature"

@@ -9,16 +9,17 @@ through the gateway into a part of their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import (
-    S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, ConfirmedPart, Owner, State, Upload, new_upload_id, object_key,
+    S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, ConfirmedPart, NewUpload, Owner, State, Upload, new_upload_id, object_key,
 )
-from gateway.core.ports import ByteStore, NewUpload
-from gateway.core.uploads import UploadService
+from gateway.core.limits import Limits
+from gateway.core.ports import ByteStore, ObjectStore, UploadRepository
+from gateway.core.rules import load_owned
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +75,27 @@ def plan_parts(sources: Sequence[tuple[str, int]]) -> list[PlannedPart]:
 
 
 class Concatenation:
-    def __init__(self, service: UploadService, data: ByteStore) -> None:
-        self.service = service
+    def __init__(self, repo: UploadRepository, store: ObjectStore, data: ByteStore, limits: Limits) -> None:
+        self.repo = repo
+        self.store = store
         self.data = data
+        self.limits = limits
 
-    async def create_final(self, owner: Owner, partial_ids: Sequence[str], concat_header: str,
-                           metadata_header: str | None) -> Upload:
+    async def create_final(self, owner: Owner, partial_ids: Sequence[str],
+                           metadata: Mapping[str, str | None]) -> Upload:
         if not partial_ids:
             raise UploadError(ErrorCode.INVALID_CONCAT, "Upload-Concat: final needs at least one partial upload")
         partials = [await self._partial(owner, upload_id) for upload_id in partial_ids]
         length = sum(p.length or 0 for p in partials)
-        limits = self.service.limits
+        limits = self.limits
         if length > limits.max_upload_size:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the concatenation exceeds {limits.max_upload_size} bytes")
-        metadata = md.parse_metadata(metadata_header)
+        kept = md.validate_metadata(metadata)
         upload_id = new_upload_id()
-        key = object_key(limits.key_prefix, upload_id)
-        content_type = md.content_type(metadata)
-        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(metadata)}
-        store = self.service.store
+        key = object_key(limits.s3_key_prefix, upload_id)
+        content_type = md.content_type(kept)
+        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
+        store = self.store
         plan = plan_parts([(p.key, p.length or 0) for p in partials])
         if not plan:
             await store.put_empty(key, content_type=content_type, metadata=s3_meta)
@@ -107,19 +110,18 @@ class Concatenation:
                 await store.abort(key, multipart_id)
                 raise
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=max((p.size for p in plan), default=0)
-                        or S3_MIN_PART_SIZE, part_checksum=None, metadata=metadata,
-                        metadata_header=md.encode_metadata(metadata), bucket=limits.bucket, key=key,
+                        or S3_MIN_PART_SIZE, part_checksum=None, metadata=kept, bucket=limits.s3_bucket, key=key,
                         multipart_id=multipart_id, state=State.COMPLETED, concat="final",
-                        concat_header=concat_header)
+                        concat_partials=tuple(partial_ids))
         # No quota: a finished upload does not count against the owner's active uploads.
-        upload = await self.service.repo.insert(new, limits.upload_ttl, limits.upload_max_age)
+        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age)
         assert upload is not None
         log.info("final upload %s assembled from %d partial(s) in %d part(s)", upload_id, len(partials), len(plan))
         return upload
 
     async def _partial(self, owner: Owner, upload_id: str) -> Upload:
         try:
-            partial = await self.service.load(upload_id, owner)
+            partial = await load_owned(self.repo, upload_id, owner)
         except UploadError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 raise UploadError(ErrorCode.INVALID_CONCAT, f"partial upload {upload_id} not found") from None
@@ -133,7 +135,7 @@ class Concatenation:
     async def _assemble(self, key: str, multipart_id: str, part: PlannedPart) -> ConfirmedPart:
         if part.copy:
             piece = part.pieces[0]
-            etag = await self.service.store.upload_part_copy(key, multipart_id, part.number, piece.key,
+            etag = await self.store.upload_part_copy(key, multipart_id, part.number, piece.key,
                                                              piece.start, piece.end)
         else:
             etag = await self.data.upload_part(key, multipart_id, part.number, part.size, self._read(part.pieces))

@@ -1,4 +1,4 @@
-"""Event delivery (DESIGN §3.4, issue "events"): the outbox rows written with each state change go to
+"""Event delivery (docs/architecture.md §3.6): the outbox rows written with each state change go to
 every configured webhook URL, at least once, with backoff; any instance may deliver (rows are leased)."""
 
 from __future__ import annotations
@@ -6,42 +6,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+
+from gateway.core.ports import Event, EventOutbox, WebhookSender
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 3600.0
 LEASE_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    upload_id: str
-    type: str
-    payload: dict[str, Any]
-    created_at: datetime
-    attempts: int
-    acked_urls: tuple[str, ...]
-
-
-class EventOutbox(Protocol):
-    async def claim_events(self, limit: int, lease_seconds: float) -> list[Event]:
-        """Undelivered events due now, leased to the caller for lease_seconds."""
-        ...
-
-    async def record_delivery(self, event_id: int, acked_urls: Sequence[str], delivered: bool,
-                              error: str | None, retry_in: float) -> None: ...
-
-    async def backlog(self) -> int: ...
-
-
-class WebhookSender(Protocol):
-    async def send(self, url: str, event: Event) -> None:
-        """Raises on anything but a 2xx answer."""
-        ...
 
 
 def backoff(attempts: int) -> float:

@@ -1,23 +1,21 @@
-"""tus `Upload-Metadata`, parsed strictly at creation (DESIGN §3.1).
+"""An upload's metadata as the core keeps it: an ordered mapping of key to text (or None), whatever
+protocol brought it (docs/architecture.md §3.1), and the values derived from it for S3 and downloads.
 
-Keys are printable ASCII without space or comma, values strict standard base64; at most 32 keys and
-4 KiB. The canonical re-encoding is what HEAD echoes, so a client's odd spelling never reaches a
-response header. Values stay bytes-as-decoded text (UTF-8 where possible).
+Keys are printable ASCII without space or comma (they travel in HTTP headers); at most 32 keys and
+4 KiB of keys and values. Each wire protocol parses its own format into this mapping.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import unicodedata
+from collections.abc import Mapping
 
 from gateway.core.errors import ErrorCode, UploadError
 
 MAX_KEYS = 32
-MAX_HEADER_BYTES = 4096
-_KEY = re.compile(r"^[\x21-\x7e]+$")
-_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+MAX_BYTES = 4096
+_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")
 
 # Metadata copied to S3 user metadata; everything else stays in Postgres only.
 S3_METADATA_KEYS = ("filename", "filetype")
@@ -34,45 +32,21 @@ def _invalid(message: str) -> UploadError:
     return UploadError(ErrorCode.INVALID_METADATA, message)
 
 
-def parse_metadata(header: str | None) -> dict[str, str | None]:
-    if header is None or header.strip() == "":
-        return {}
-    if len(header.encode("latin-1", "replace")) > MAX_HEADER_BYTES:
-        raise _invalid(f"Upload-Metadata is longer than {MAX_HEADER_BYTES} bytes")
-    result: dict[str, str | None] = {}
-    for item in header.split(","):
-        pieces = item.strip().split(" ")
-        if len(pieces) > 2 or not pieces[0]:
-            raise _invalid("each Upload-Metadata pair is 'key base64value' separated by one space")
-        key = pieces[0]
+def validate_metadata(metadata: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The metadata an upload may keep, in the client's order; raises INVALID_METADATA otherwise.
+    Every protocol's metadata (and what a pre-create hook adds) passes through here."""
+    if len(metadata) > MAX_KEYS:
+        raise _invalid(f"at most {MAX_KEYS} metadata keys")
+    size = 0
+    for key, value in metadata.items():
         if not _KEY.match(key):
             raise _invalid(f"metadata key {key[:40]!r} must be printable ASCII without spaces or commas")
-        if key in result:
-            raise _invalid(f"metadata key {key!r} appears twice")
-        value = None
-        if len(pieces) == 2:
-            encoded = pieces[1]
-            if len(encoded) % 4 or not _B64.match(encoded):
-                raise _invalid(f"metadata value of {key!r} is not standard base64")
-            try:
-                raw = base64.b64decode(encoded, validate=True)
-            except binascii.Error:
-                raise _invalid(f"metadata value of {key!r} is not standard base64") from None
-            value = raw.decode("utf-8", "replace")
-            if "\x00" in value:  # cannot be stored (Postgres text) and has no place in a name or type
-                raise _invalid(f"metadata value of {key!r} contains a NUL character")
-        result[key] = value
-        if len(result) > MAX_KEYS:
-            raise _invalid(f"at most {MAX_KEYS} metadata keys")
-    return result
-
-
-def encode_metadata(metadata: dict[str, str | None]) -> str:
-    """The canonical `Upload-Metadata` header value."""
-    return ",".join(
-        key if value is None else f"{key} {base64.b64encode(value.encode()).decode()}"
-        for key, value in metadata.items()
-    )
+        if value is not None and "\x00" in value:  # cannot be stored (Postgres text), no place in a name
+            raise _invalid(f"metadata value of {key!r} contains a NUL character")
+        size += len(key) + len((value or "").encode())
+    if size > MAX_BYTES:
+        raise _invalid(f"metadata is larger than {MAX_BYTES} bytes")
+    return dict(metadata)
 
 
 def _ascii_text(value: str | None, limit: int = 512) -> str | None:
@@ -84,7 +58,7 @@ def _ascii_text(value: str | None, limit: int = 512) -> str | None:
     return cleaned[:limit] or None
 
 
-def s3_user_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
+def s3_user_metadata(metadata: Mapping[str, str | None]) -> dict[str, str]:
     result = {}
     for key in S3_METADATA_KEYS:
         text = _ascii_text(metadata.get(key))
@@ -93,12 +67,12 @@ def s3_user_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
     return result
 
 
-def content_type(metadata: dict[str, str | None]) -> str:
+def content_type(metadata: Mapping[str, str | None]) -> str:
     declared = (metadata.get("filetype") or metadata.get("contentType") or "").split(";")[0].strip().lower()
     return declared if declared in SAFE_CONTENT_TYPES else "application/octet-stream"
 
 
-def filename(metadata: dict[str, str | None]) -> str:
+def filename(metadata: Mapping[str, str | None]) -> str:
     """A filename safe to put into Content-Disposition: no path, no control characters."""
     name = metadata.get("filename") or metadata.get("name") or ""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]

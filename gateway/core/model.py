@@ -65,13 +65,17 @@ def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
+def parts_needed(length: int, part_size: int) -> int:
+    return -(-length // part_size)
+
+
 def plan_part_size(length: int | None, configured: int, hint: int | None) -> int:
     """Fixed for the upload's life: every part but the last has this size (DESIGN §2)."""
     size = hint if hint is not None else configured
     if hint is None and (length is None or length > LARGE_FILE):
         size = max(size, LARGE_FILE_PART_SIZE)
     if length is not None:
-        size = max(size, _round_up(-(-length // S3_MAX_PARTS), MiB))
+        size = max(size, _round_up(parts_needed(length, S3_MAX_PARTS), MiB))
     return max(S3_MIN_PART_SIZE, min(size, S3_MAX_PART_SIZE))
 
 
@@ -92,19 +96,27 @@ class StashSegment:
     size: int
 
 
-@dataclass(frozen=True)
-class Upload:
+@dataclass(frozen=True, kw_only=True)
+class NewUpload:
+    """What creation decides about an upload; the repository adds the rest when it stores it."""
     id: str
     owner: Owner
     length: int | None
     part_size: int
     part_checksum: PartChecksum | None
+    # Ordered as the client sent it; each wire protocol renders it in its own format.
     metadata: dict[str, str | None]
-    metadata_header: str
     bucket: str
     key: str
     multipart_id: str | None
     state: State
+    concat: str | None = None  # "partial" or "final" (tus concatenation)
+    # A final upload's partial uploads, in order (ids; URLs are rendered at the edge).
+    concat_partials: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Upload(NewUpload):
     prefix_parts: int
     expires_at: datetime
     is_expired: bool
@@ -116,8 +128,6 @@ class Upload:
     signed_parts_live: bool = False
     writer_gen: int = 0
     stash: tuple[StashSegment, ...] = field(default=())
-    concat: str | None = None  # "partial" or "final" (tus concatenation)
-    concat_header: str | None = None
 
     @property
     def stash_bytes(self) -> int:
@@ -127,7 +137,7 @@ class Upload:
     def part_count(self) -> int | None:
         if self.length is None:
             return None
-        return max(1, -(-self.length // self.part_size))
+        return max(1, parts_needed(self.length, self.part_size))
 
     @property
     def max_length(self) -> int:

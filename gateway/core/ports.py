@@ -1,30 +1,17 @@
-"""What the core needs from storage, as small protocols; gateway.db and gateway.s3 implement them."""
+"""Every port of the core: what the use cases need from the outside world, as small protocols.
+
+gateway.db implements the repository and the event outbox, gateway.s3 the object store, byte
+store and signer, gateway.hooks the hooks, gateway.http the request body (docs/architecture.md §1).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
-
-
-@dataclass(frozen=True)
-class NewUpload:
-    id: str
-    owner: Owner
-    length: int | None
-    part_size: int
-    part_checksum: PartChecksum | None
-    metadata: dict[str, str | None]
-    metadata_header: str
-    bucket: str
-    key: str
-    multipart_id: str | None
-    state: State
-    concat: str | None = None
-    concat_header: str | None = None
+from gateway.core.model import ConfirmedPart, NewUpload, Owner, PartChecksum, StashSegment, State, Upload
 
 
 @dataclass(frozen=True)
@@ -109,6 +96,10 @@ class UploadRepository(Protocol):
         """`completing` -> `active`, dropping parts S3 refused at Complete."""
         ...
 
+    async def ping(self) -> None:
+        """Raises unless the database answers (readiness)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ListedPart:
@@ -171,6 +162,10 @@ class ObjectStore(Protocol):
         """Every in-progress multipart upload under the prefix."""
         ...
 
+    async def ping(self) -> None:
+        """Raises unless the bucket answers (readiness)."""
+        ...
+
 
 class ByteStore(Protocol):
     """The data plane of the proxy path: request bodies streamed into S3 with bounded memory."""
@@ -190,7 +185,7 @@ class ByteStore(Protocol):
 
 
 class CompleteRefused(Exception):
-    """S3 refused CompleteMultipartUpload for a reason the core handles (DESIGN §3.4)."""
+    """S3 refused CompleteMultipartUpload for a reason the core handles (docs/architecture.md §3.4)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -221,3 +216,45 @@ class CreateHook(Protocol):
 
     async def before_create(self, owner: Owner, length: int | None,
                             metadata: dict[str, str | None]) -> dict[str, str | None]: ...
+
+
+class RequestBody(Protocol):
+    """A request body as the core sees it; the http layer adapts aiohttp's stream."""
+
+    length: int | None
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes, b"" at the end. Raises BodyInterrupted on a drop or idle timeout."""
+        ...
+
+
+class BodyInterrupted(Exception):
+    """The client stopped sending: the connection dropped or stayed idle too long."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    upload_id: str
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    acked_urls: tuple[str, ...]
+
+
+class EventOutbox(Protocol):
+    async def claim_events(self, limit: int, lease_seconds: float) -> list[Event]:
+        """Undelivered events due now, leased to the caller for lease_seconds."""
+        ...
+
+    async def record_delivery(self, event_id: int, acked_urls: Sequence[str], delivered: bool,
+                              error: str | None, retry_in: float) -> None: ...
+
+    async def backlog(self) -> int: ...
+
+
+class WebhookSender(Protocol):
+    async def send(self, url: str, event: Event) -> None:
+        """Raises on anything but a 2xx answer."""
+        ...

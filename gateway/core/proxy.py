@@ -1,4 +1,4 @@
-"""The proxy path (DESIGN §3.3): tus PATCH bodies streamed into the upload's fixed S3 parts.
+"""The proxy path (docs/architecture.md §3.3): request bodies streamed into the upload's fixed S3 parts.
 
 - Bytes flow from the request into `UploadPart` (or a stash segment) with bounded memory; no
   database connection is held meanwhile.
@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway.core.checksums import new_hasher
+from gateway.core.completion import Completion
 from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.limits import Limits
 from gateway.core.model import ConfirmedPart, Owner, StashSegment, State, Upload
-from gateway.core.ports import ByteStore
-from gateway.core.uploads import UploadService
+from gateway.core.ports import BodyInterrupted, ByteStore, RequestBody, UploadRepository
+from gateway.core.rules import load_alive, offset_mismatch, planned_with_length
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,6 @@ READ_SIZE = 256 * 1024
 CHUNKED_SEGMENT = 8 * 1024 * 1024
 # More segments than this for one part are merged into one (bounds the reads a later commit needs).
 STASH_COMPACT_AFTER = 16
-
-
-class RequestBody(Protocol):
-    """A request body as the core sees it; the http layer adapts aiohttp's stream."""
-
-    length: int | None
-
-    async def read(self, limit: int) -> bytes:
-        """Up to `limit` bytes, b"" at the end. Raises BodyInterrupted on a drop or idle timeout."""
-        ...
-
-
-class BodyInterrupted(Exception):
-    """The client stopped sending: the connection dropped or stayed idle too long."""
 
 
 @dataclass(frozen=True)
@@ -113,45 +100,70 @@ class _Source:
 
 
 class ProxyUploads:
-    def __init__(self, service: UploadService, data: ByteStore) -> None:
-        self.service = service
+    def __init__(self, repo: UploadRepository, data: ByteStore, completion: Completion, limits: Limits) -> None:
+        self.repo = repo
         self.data = data
+        self.completion = completion
+        self.limits = limits
 
     async def patch(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
                     declared_length: int | None = None, checksum: ExpectedChecksum | None = None) -> Upload:
-        service = self.service
-        upload = await service.load(upload_id, owner)
-        service.ensure_alive(upload)
+        """tus PATCH: append the body at `offset`, optionally declaring the length first."""
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.concat == "final":
             raise UploadError(ErrorCode.MODIFY_FINAL, "a final (concatenated) upload cannot be patched")
         if upload.state is not State.ACTIVE:
             if offset == upload.offset and declared_length in (None, upload.length):
                 return upload  # a retried final PATCH: 204 without reading the body
-            raise _offset_mismatch(upload)
+            raise offset_mismatch(upload)
         if offset != upload.offset:
-            raise _offset_mismatch(upload)
+            raise offset_mismatch(upload)
         if upload.signed_parts_live or upload.confirmed_beyond_prefix:
             raise UploadError(ErrorCode.PATH_CONFLICT,
                               "parts of this upload are being uploaded with presigned URLs; continue that way")
         # The body must fit the length it declares before the declaration is written.
-        limit = min(service.planned_with_length(upload, declared_length).limit, service.limits.max_upload_size)
+        max_size = self.limits.max_upload_size
+        limit = min(planned_with_length(upload, declared_length, max_size).limit, max_size)
         if body.length is not None and offset + body.length > limit:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the body goes past the upload's end ({limit} bytes)")
         if declared_length is not None:
-            upload = await service.declare_length(upload, declared_length)
+            upload = await self.completion.declare_length(upload, declared_length)
             if upload.state is not State.ACTIVE:
                 return upload
-        claimed = await service.repo.claim_writer(upload.id, offset, service.limits.upload_ttl)
+        claimed = await self.repo.claim_writer(upload.id, offset, self.limits.upload_ttl)
         if claimed is None:
-            current = await service.load(upload_id, owner)
-            service.ensure_alive(current)
-            raise _offset_mismatch(current)
+            raise offset_mismatch(await load_alive(self.repo, upload_id, owner))
         return await _Patch(self, claimed, _Source(body, checksum), checksum, limit).run()
 
+    async def append(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
+                     complete: bool) -> Upload:
+        """An append that may say "this is the end" (the IETF draft's Upload-Complete): the length
+        is then where this body ends, checked against a length announced before."""
+        current = await load_alive(self.repo, upload_id, owner)
+        if current.state is not State.ACTIVE:
+            if body.length == 0:
+                raise UploadError(ErrorCode.COMPLETED_UPLOAD, "the upload is already complete")
+            raise UploadError(ErrorCode.INCONSISTENT_LENGTH, "the upload is already complete; nothing can be appended")
+        declared = offset + body.length if complete and body.length is not None else None
+        if declared is not None and current.length is not None and declared != current.length:
+            raise UploadError(ErrorCode.INCONSISTENT_LENGTH, f"the upload's length is {current.length}")
+        upload = await self.patch(upload_id, owner, offset, body,
+                                  declared_length=declared if current.length is None else None)
+        return await self.end_at_offset(upload) if complete else upload
 
-def _offset_mismatch(upload: Upload) -> UploadError:
-    return UploadError(ErrorCode.OFFSET_MISMATCH, f"Upload-Offset must be {upload.offset}",
-                       details={"offset": upload.offset})
+    async def end_at_offset(self, upload: Upload) -> Upload:
+        """Declare that the upload ends where its bytes end (a body of unknown length said it was the
+        last); a stash holding the last bytes then becomes the final part."""
+        if upload.length is not None or upload.state is not State.ACTIVE:
+            return upload
+        return await self.patch(upload.id, upload.owner, upload.offset, _EmptyBody(), declared_length=upload.offset)
+
+
+class _EmptyBody:
+    length = 0
+
+    async def read(self, limit: int) -> bytes:
+        return b""
 
 
 class _Patch:
@@ -159,14 +171,16 @@ class _Patch:
 
     def __init__(self, proxy: ProxyUploads, upload: Upload, source: _Source,
                  checksum: ExpectedChecksum | None, limit: int) -> None:
-        self.service = proxy.service
+        self.repo = proxy.repo
+        self.completion = proxy.completion
+        self.key_prefix = proxy.limits.s3_key_prefix
         self.data = proxy.data
         self.upload = upload
         self.gen = upload.writer_gen
         self.source = source
         self.checksum = checksum
         self.limit = limit
-        self.ttl = proxy.service.limits.upload_ttl
+        self.ttl = proxy.limits.upload_ttl
         self.stash = list(upload.stash)
         self.next_part = upload.prefix_parts + 1
         self.written = upload.offset
@@ -255,8 +269,7 @@ class _Patch:
 
     def _new_segment(self, size: int) -> StashSegment:
         self.seq += 1
-        prefix = self.service.limits.key_prefix
-        key = "/".join(p for p in (prefix, "stash", self.upload.id, str(self.next_part),
+        key = "/".join(p for p in (self.key_prefix, "stash", self.upload.id, str(self.next_part),
                                    f"{self.gen}-{self.seq}") if p)
         return StashSegment(self.next_part, self.seq, key, size)
 
@@ -270,15 +283,13 @@ class _Patch:
                 yield chunk
 
     async def _commit_parts(self, parts: list[ConfirmedPart]) -> None:
-        result = await self.service.repo.confirm_parts(self.upload.id, parts, self.ttl, writer_gen=self.gen)
-        if result is None:
+        recorded = await self.completion.record_parts(self.upload.id, parts, writer_gen=self.gen)
+        if recorded is None:
             raise _preempted()
-        self.upload = result.upload
-        if result.started_completing:
-            await self.service.complete_in_request(result.upload)
+        self.upload = recorded
 
     async def _commit_stash(self, segment: StashSegment) -> None:
-        upload = await self.service.repo.add_stash(self.upload.id, self.gen, segment, self.ttl)
+        upload = await self.repo.add_stash(self.upload.id, self.gen, segment, self.ttl)
         if upload is None:
             await self._discard([segment.key])
             raise _preempted()
@@ -292,7 +303,7 @@ class _Patch:
         old = self.stash
         merged = self._new_segment(sum(s.size for s in old))
         await self.data.put_object(merged.key, merged.size, self._chain(old, None))
-        if not await self.service.repo.replace_stash(self.upload.id, self.gen, merged):
+        if not await self.repo.replace_stash(self.upload.id, self.gen, merged):
             await self._discard([merged.key])
             raise _preempted()
         self.stash = [merged]

@@ -10,44 +10,27 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from gateway.core import metadata as md
+from gateway.core.completion import Completion
 from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.limits import Limits
+from gateway.core.listing import confirmed, find_parts, list_from
 from gateway.core.model import (
-    ConfirmedPart, Owner, PartChecksum, State, Upload, new_upload_id, object_key, plan_part_size,
+    S3_MAX_PARTS, ConfirmedPart, NewUpload, Owner, PartChecksum, State, Upload, new_upload_id, object_key,
+    parts_needed, plan_part_size,
 )
-from gateway.core.ports import (
-    CompleteRefused, CreateHook, ListedPart, NewUpload, ObjectStore, PartSigner, Quota, UploadRepository,
+from gateway.core.ports import CreateHook, ObjectStore, PartSigner, UploadRepository
+from gateway.core.rules import (
+    RETRY_AFTER_COMPLETING, load_active, load_alive, load_owned, not_found, planned_with_length,
 )
 
 log = logging.getLogger(__name__)
 
-# Some stores list a part a moment after UploadPart returns (DESIGN §3.2): about 3 retries over 2 s.
-LISTING_RETRY_DELAYS = (0.25, 0.75, 1.0)
-PROBE_MAX_PARTS = 3
-LIST_PAGE = 1000
 CREDENTIAL_MARGIN = timedelta(minutes=5)
-RETRY_AFTER_COMPLETING = 5
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_upload_size: int
-    part_size: int
-    upload_ttl: int
-    upload_max_age: int
-    presign_ttl: int
-    download_ttl: int
-    sign_batch_max: int
-    key_prefix: str
-    bucket: str
-    complete_timeout: float
-    head_reconcile_timeout: float
-    reconcile_interval: float
-    quota: Quota | None = None
 
 
 @dataclass(frozen=True)
@@ -86,66 +69,40 @@ CHECKSUM_HEADERS = {
 }
 
 
-def _not_found() -> UploadError:
-    return UploadError(ErrorCode.NOT_FOUND, "no such upload")
-
-
 class UploadService:
-    def __init__(self, repo: UploadRepository, store: ObjectStore, signer: PartSigner, limits: Limits,
-                 create_hook: CreateHook | None = None) -> None:
+    def __init__(self, repo: UploadRepository, store: ObjectStore, signer: PartSigner, completion: Completion,
+                 limits: Limits, create_hook: CreateHook | None = None) -> None:
         self.repo = repo
         self.store = store
         self.signer = signer
+        self.completion = completion
         self.limits = limits
         self.create_hook = create_hook
 
-    # -- lookup -------------------------------------------------------------------------------------
-
     async def load(self, upload_id: str, owner: Owner) -> Upload:
-        upload = await self.repo.get(upload_id)
-        # Another owner's upload is indistinguishable from a missing one.
-        if upload is None or upload.owner != owner:
-            raise _not_found()
-        return upload
-
-    @staticmethod
-    def ensure_alive(upload: Upload) -> None:
-        """Terminated, expired and failed uploads are tombstones: 410 for everything but DELETE."""
-        if upload.state is State.TERMINATED:
-            raise UploadError(ErrorCode.GONE, "the upload was terminated")
-        if upload.state is State.EXPIRED or (upload.state is State.ACTIVE and upload.is_expired):
-            raise UploadError(ErrorCode.UPLOAD_EXPIRED, "the upload expired")
-        if upload.state is State.FAILED:
-            raise UploadError(ErrorCode.UPLOAD_FAILED, f"the upload failed: {upload.failure_reason}")
-
-    async def _load_active(self, upload_id: str, owner: Owner) -> Upload:
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
-        if upload.state is not State.ACTIVE:
-            raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete")
-        return upload
+        return await load_owned(self.repo, upload_id, owner)
 
     # -- create -------------------------------------------------------------------------------------
 
-    async def create(self, owner: Owner, *, length: int | None, metadata_header: str | None,
+    async def create(self, owner: Owner, *, length: int | None, metadata: Mapping[str, str | None],
                      part_size_hint: int | None, part_checksum: PartChecksum | None,
                      partial: bool = False) -> Upload:
         limits = self.limits
         if length is not None and length > limits.max_upload_size:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED,
                               f"Upload-Length exceeds the maximum of {limits.max_upload_size} bytes")
-        metadata = md.parse_metadata(metadata_header)
+        kept = md.validate_metadata(metadata)
         if self.create_hook is not None:
-            metadata = {**metadata, **await self.create_hook.before_create(owner, length, metadata)}
-            metadata_header = md.encode_metadata(metadata)
-            md.parse_metadata(metadata_header)  # what a hook adds obeys the same limits
+            # What a hook adds obeys the same limits.
+            kept = md.validate_metadata({**kept, **await self.create_hook.before_create(owner, length, kept)})
         part_size = plan_part_size(length, limits.part_size, part_size_hint)
-        if length is not None and -(-length // part_size) > 10_000:
-            raise UploadError(ErrorCode.INVALID_PART_SIZE, "Upload-Part-Size is too small for 10,000 parts")
+        if length is not None and parts_needed(length, part_size) > S3_MAX_PARTS:
+            raise UploadError(ErrorCode.INVALID_PART_SIZE,
+                              f"Upload-Part-Size is too small for {S3_MAX_PARTS:,} parts")
         upload_id = new_upload_id()
-        key = object_key(limits.key_prefix, upload_id)
-        content_type = md.content_type(metadata)
-        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(metadata)}
+        key = object_key(limits.s3_key_prefix, upload_id)
+        content_type = md.content_type(kept)
+        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
         if length == 0:
             # Complete at once; a zero-part CompleteMultipartUpload fails on AWS and SeaweedFS.
             await self.store.put_empty(key, content_type=content_type, metadata=s3_meta)
@@ -156,8 +113,8 @@ class UploadService:
                 key, content_type=content_type, metadata=s3_meta, checksum=part_checksum)
             state = State.ACTIVE
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
-                        metadata=metadata, metadata_header=md.encode_metadata(metadata), bucket=limits.bucket,
-                        key=key, multipart_id=multipart_id, state=state, concat="partial" if partial else None)
+                        metadata=kept, bucket=limits.s3_bucket, key=key, multipart_id=multipart_id, state=state,
+                        concat="partial" if partial else None)
         upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, limits.quota)
         if upload is None:
             await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))
@@ -172,8 +129,7 @@ class UploadService:
 
     async def status(self, upload_id: str, owner: Owner) -> Upload:
         """HEAD: from Postgres, plus a best-effort reconcile that never fails the request."""
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.needs_reconcile:
             try:
                 upload = await asyncio.wait_for(self._reconcile(upload), self.limits.head_reconcile_timeout)
@@ -182,8 +138,7 @@ class UploadService:
         return upload
 
     async def list_parts(self, upload_id: str, owner: Owner) -> tuple[Upload, list[ConfirmedPart]]:
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.needs_reconcile:
             upload = await self._reconcile(upload)
         return upload, await self.repo.confirmed_parts(upload.id)
@@ -191,7 +146,7 @@ class UploadService:
     # -- terminate ----------------------------------------------------------------------------------
 
     async def terminate(self, upload_id: str, owner: Owner) -> None:
-        upload = await self.load(upload_id, owner)
+        upload = await load_owned(self.repo, upload_id, owner)
         if upload.state is State.TERMINATED:
             return  # a repeated DELETE after a lost response
         ended = await self.repo.terminate(upload_id)
@@ -206,18 +161,26 @@ class UploadService:
         except UploadError as exc:  # the row is a tombstone now; the sweeper aborts again later
             log.warning("cleanup after DELETE of %s failed: %s", upload_id, exc)
 
+    async def abort_multipart(self, upload_id: str, owner: Owner) -> None:
+        """S3-style abort: ends an unfinished upload, and like S3 never deletes a finished object."""
+        upload = await load_owned(self.repo, upload_id, owner)
+        if upload.state is State.COMPLETED:
+            raise UploadError(ErrorCode.UPLOAD_COMPLETED,
+                              "the upload is complete; there is no multipart upload to abort")
+        await self.terminate(upload_id, owner)
+
     # -- sign ---------------------------------------------------------------------------------------
 
     async def sign(self, upload_id: str, owner: Owner, requests: Sequence[PartRequest],
                    length: int | None, *, pin_length: bool = True) -> SignResult:
         if len(requests) > self.limits.sign_batch_max:
             raise UploadError(ErrorCode.BATCH_TOO_LARGE, f"at most {self.limits.sign_batch_max} parts per request")
-        upload = await self._load_active(upload_id, owner)
+        upload = await load_active(self.repo, upload_id, owner)
         if upload.stash:
             raise UploadError(ErrorCode.PATH_CONFLICT,
                               "this upload has bytes from PATCH requests inside a part; continue with PATCH")
         # Everything is checked against the upload as the declared length makes it, before any write.
-        planned = self.planned_with_length(upload, length)
+        planned = planned_with_length(upload, length, self.limits.max_upload_size)
         numbers = [r.number for r in requests]
         if len(set(numbers)) != len(numbers):
             raise UploadError(ErrorCode.INVALID_REQUEST, "a part number appears twice")
@@ -225,14 +188,14 @@ class UploadService:
         if unknown:
             raise UploadError(ErrorCode.UNKNOWN_PART, f"no such part in this upload: {unknown[:10]}",
                               details={"parts": unknown})
-        confirmed = [n for n in numbers if planned.is_confirmed(n)]
-        if confirmed:
+        already = [n for n in numbers if planned.is_confirmed(n)]
+        if already:
             # A live URL could replace a confirmed part and break Complete.
-            raise UploadError(ErrorCode.PART_CONFIRMED, f"parts already confirmed: {confirmed[:10]}",
-                              details={"parts": confirmed})
+            raise UploadError(ErrorCode.PART_CONFIRMED, f"parts already confirmed: {already[:10]}",
+                              details={"parts": already})
         checksums = [self._checksum_header(planned, r) for r in requests]
         if length is not None:
-            upload = await self.declare_length(upload, length)
+            upload = await self.completion.declare_length(upload, length)
         limits = self.limits
         now = datetime.now(timezone.utc)
         expires_at = now + timedelta(seconds=limits.presign_ttl)
@@ -279,43 +242,11 @@ class UploadService:
                               f"part {request.number}: checksum is not a base64 {algorithm.value} digest")
         return CHECKSUM_HEADERS[algorithm], request.checksum
 
-    def planned_with_length(self, upload: Upload, length: int | None) -> Upload:
-        """The upload as it will be once `length` is declared; raises if the declaration is refused.
-        Nothing is written, so a request can be checked whole before it changes anything."""
-        if length is None or upload.length == length:
-            return upload
-        if upload.length is not None:
-            raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
-        ceiling = min(self.limits.max_upload_size, upload.max_length)
-        if length > ceiling:
-            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"length exceeds the maximum of {ceiling} bytes")
-        if length < upload.offset:
-            raise UploadError(ErrorCode.LENGTH_CONFLICT, "length is smaller than the confirmed offset")
-        # Every confirmed part must still fit the plan (all are full-size until the length is known).
-        confirmed_ends = [n * upload.part_size for n in upload.confirmed_beyond_prefix]
-        if any(end > length for end in confirmed_ends):
-            raise UploadError(ErrorCode.LENGTH_CONFLICT, "confirmed parts lie past that length")
-        if length == 0:
-            raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "a deferred upload cannot end empty here")
-        return replace(upload, length=length)
-
-    async def declare_length(self, upload: Upload, length: int) -> Upload:
-        self.planned_with_length(upload, length)
-        if upload.length is not None:
-            return upload
-        declared = await self.repo.declare_length(upload.id, length, self.limits.upload_ttl)
-        if declared is None:
-            raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
-        if declared.state is State.COMPLETING:
-            await self.complete_in_request(declared)
-        return declared
-
     # -- confirm ------------------------------------------------------------------------------------
 
     async def confirm(self, upload_id: str, owner: Owner, numbers: Iterable[int]) -> Upload:
         wanted = sorted(set(numbers))
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.state in (State.COMPLETING, State.COMPLETED):
             return upload  # idempotent: offset == length
         unknown = [n for n in wanted if not upload.valid_part_number(n)]
@@ -326,7 +257,7 @@ class UploadService:
         if not pending:
             return upload
         try:
-            found = await self._find_parts(upload, pending)
+            found = await find_parts(self.store, upload, pending)
         except UploadError as exc:
             if exc.code is not ErrorCode.NOT_FOUND:
                 raise
@@ -341,28 +272,41 @@ class UploadService:
                               f"parts {wrong[:10]} do not have their planned size",
                               details={"parts": [{"number": n, "expected": upload.part_range(n)[1],
                                                   "actual": found[n].size} for n in wrong]})
-        return await self._record(upload, [self._confirmed(found[n]) for n in pending])
+        return await self._record(upload, [confirmed(found[n]) for n in pending])
 
     async def _after_vanished_multipart(self, upload_id: str, owner: Owner) -> Upload:
         """NoSuchUpload while confirming: usually a concurrent confirm just completed the upload."""
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.state in (State.COMPLETING, State.COMPLETED):
             return upload
         raise UploadError(ErrorCode.UPLOAD_FAILED, "the S3 multipart upload no longer exists")
 
     async def complete_listed(self, upload_id: str, owner: Owner, numbers: Sequence[int]) -> Upload:
         """For protocols whose client says "these parts make the file" (S3-style complete): the
-        length follows from the sizes S3 lists, then the usual confirm completes the upload."""
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
-        if upload.state is not State.ACTIVE:
-            return upload
+        length follows from the sizes S3 lists, then the usual confirm completes the upload.
+        Returns the upload `completing` or `completed`; raises if these parts cannot finish it."""
+        upload = await load_alive(self.repo, upload_id, owner)
+        if upload.state is State.ACTIVE:
+            upload = await self._complete_listed(upload, numbers)
+        # A completion S3 refused for good: 410 upload_failed.
+        done = await load_alive(self.repo, upload_id, owner)
+        if done.state is State.ACTIVE:
+            missing = [n for n in numbers if not done.is_confirmed(n)]
+            if missing:  # S3 refused them at CompleteMultipartUpload; the upload was reopened
+                raise UploadError(ErrorCode.PART_NOT_VISIBLE,
+                                  f"S3 refused parts {missing[:10]} at completion; upload them again",
+                                  details={"parts": missing}, retry_after=1)
+            # An upload whose length was known before (e.g. created on /files): these parts are not all of it.
+            raise UploadError(ErrorCode.LENGTH_CONFLICT,
+                              f"parts 1..{max(numbers)} do not make the whole upload of {done.length} bytes")
+        return done
+
+    async def _complete_listed(self, upload: Upload, numbers: Sequence[int]) -> Upload:
         wanted = sorted(set(numbers))
         if wanted != list(range(1, len(wanted) + 1)):
             raise UploadError(ErrorCode.INVALID_REQUEST, "parts must be numbered 1..n without gaps")
         if upload.length is None:
-            found = await self._find_parts(upload, wanted)
+            found = await find_parts(self.store, upload, wanted)
             missing = [n for n in wanted if n not in found]
             if missing:
                 raise UploadError(ErrorCode.PART_NOT_VISIBLE, f"S3 does not hold parts {missing[:10]}",
@@ -372,73 +316,14 @@ class UploadService:
                 raise UploadError(ErrorCode.SIZE_MISMATCH,
                                   f"every part but the last must be {upload.part_size} bytes",
                                   details={"parts": [{"number": n, "actual": found[n].size} for n in wanted]})
-            upload = await self.declare_length(upload, sum(sizes))
-        return await self.confirm(upload_id, owner, wanted)
-
-    @staticmethod
-    def _confirmed(part: ListedPart) -> ConfirmedPart:
-        return ConfirmedPart(part.number, part.size, part.etag, part.checksum)
+            upload = await self.completion.declare_length(upload, sum(sizes))
+        return await self.confirm(upload.id, upload.owner, wanted)
 
     async def _record(self, upload: Upload, parts: Sequence[ConfirmedPart]) -> Upload:
-        result = await self.repo.confirm_parts(upload.id, parts, self.limits.upload_ttl)
-        if result is None:
-            raise _not_found()
-        if result.started_completing:
-            await self.complete_in_request(result.upload)
-            return result.upload
-        return result.upload
-
-    async def _find_parts(self, upload: Upload, wanted: Sequence[int]) -> dict[int, ListedPart]:
-        """ListParts from just before the first wanted part, paging until past the last (DESIGN §3.2)."""
-        found: dict[int, ListedPart] = {}
-        for delay in (*LISTING_RETRY_DELAYS, None):
-            remaining = [n for n in wanted if n not in found]
-            found.update(await self._list_from(upload, remaining))
-            if all(n in found for n in wanted) or delay is None:
-                return found
-            await asyncio.sleep(delay)
-        return found
-
-    async def _list_from(self, upload: Upload, wanted: Sequence[int]) -> dict[int, ListedPart]:
-        """ListParts pages from just before the first wanted part until all are seen or the listing ends.
-
-        The marker only ever moves to just before the first part still missing: some stores list by
-        name (SeaweedFS puts part 10000 before 1000) or list stale duplicates, so neither "past the
-        last wanted number" nor NextPartNumberMarker can be trusted to skip ahead.
-        """
-        want = set(wanted)
-        page_size = PROBE_MAX_PARTS if len(want) == 1 else LIST_PAGE
-        marker = min(want) - 1
-        found: dict[int, ListedPart] = {}
-        while True:
-            page = await self.store.list_parts(upload.key, upload.multipart_id or "", marker, page_size)
-            progress = False
-            for part in page.parts:
-                if part.number in want and self._better(upload, part, found.get(part.number)):
-                    progress = progress or part.number not in found
-                    found[part.number] = part
-            missing = want - found.keys()
-            if not missing or not page.truncated:
-                return found
-            if min(missing) - 1 > marker:
-                marker = min(missing) - 1
-            elif not progress and page_size < LIST_PAGE:
-                page_size = LIST_PAGE  # a probe filled by duplicates of the part before: look further
-                continue
-            else:
-                return found
-            page_size = LIST_PAGE
-
-    @staticmethod
-    def _better(upload: Upload, part: ListedPart, current: ListedPart | None) -> bool:
-        """A store may list stale duplicates of a part: prefer the planned size, then the newest."""
-        if current is None:
-            return True
-        planned = upload.part_range(part.number)[1]
-        if (part.size == planned) != (current.size == planned):
-            return part.size == planned
-        return (part.last_modified or datetime.min.replace(tzinfo=timezone.utc)) >= (
-            current.last_modified or datetime.min.replace(tzinfo=timezone.utc))
+        recorded = await self.completion.record_parts(upload.id, parts)
+        if recorded is None:
+            raise not_found()
+        return recorded
 
     # -- reconcile ----------------------------------------------------------------------------------
 
@@ -451,77 +336,20 @@ class UploadService:
         if not candidates:
             return upload
         try:
-            listed = await self._list_from(upload, candidates)
+            listed = await list_from(self.store, upload, candidates)
         except UploadError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 return upload  # the sweeper decides what a vanished multipart upload means
             raise
-        parts = [self._confirmed(p) for n, p in sorted(listed.items()) if p.size == upload.part_range(n)[1]]
+        parts = [confirmed(p) for n, p in sorted(listed.items()) if p.size == upload.part_range(n)[1]]
         if not parts:
             return upload
         return await self._record(upload, parts)
 
-    # -- complete -----------------------------------------------------------------------------------
-
-    async def complete_in_request(self, upload: Upload) -> None:
-        """Run CompleteMultipartUpload for the caller that moved the upload to `completing`.
-
-        Shielded so a client disconnect cannot split S3's answer from the row update; on a timeout
-        or an unavailable S3 the row stays `completing` for the completion worker.
-        """
-        task = asyncio.ensure_future(self.finish(upload))
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.limits.complete_timeout)
-        except asyncio.TimeoutError:
-            log.warning("completion of %s continues in the background", upload.id)
-        except UploadError as exc:
-            log.warning("completion of %s left for the worker: %s", upload.id, exc)
-
-    async def finish(self, upload: Upload) -> State:
-        """Complete a `completing` upload; also what the completion worker calls."""
-        parts = await self.repo.confirmed_parts(upload.id)
-        try:
-            await self.store.complete(upload.key, upload.multipart_id or "", parts, upload.part_checksum)
-        except CompleteRefused as refused:
-            if refused.reason == "no_such_upload":
-                return await self._after_no_such_upload(upload)
-            return await self._after_invalid_part(upload, parts)
-        await self.repo.finish_completing(upload.id, State.COMPLETED)
-        log.info("upload %s completed", upload.id)
-        return State.COMPLETED
-
-    async def _after_no_such_upload(self, upload: Upload) -> State:
-        # Complete may have succeeded before a crash; some stores then answer NoSuchUpload on a retry.
-        head = await self.store.head_object(upload.key)
-        if head is not None and head.size == upload.length and head.metadata.get("upload-id") == upload.id:
-            await self.repo.finish_completing(upload.id, State.COMPLETED)
-            return State.COMPLETED
-        await self.repo.finish_completing(upload.id, State.FAILED, "the multipart upload vanished before completion")
-        return State.FAILED
-
-    async def _after_invalid_part(self, upload: Upload, parts: list[ConfirmedPart]) -> State:
-        """Re-list, re-record ETags and retry once; else reopen with the refused parts unconfirmed."""
-        listed = await self._list_from(upload, [p.number for p in parts])
-        # ListParts may not return checksums (SeaweedFS, moto): keep the recorded ones then.
-        fresh = [ConfirmedPart(p.number, p.size, listed[p.number].etag, listed[p.number].checksum or p.checksum)
-                 for p in parts if p.number in listed and listed[p.number].size == p.size]
-        bad = sorted({p.number for p in parts} - {p.number for p in fresh})
-        if not bad:
-            try:
-                await self.store.complete(upload.key, upload.multipart_id or "", fresh, upload.part_checksum)
-            except CompleteRefused:
-                bad = [p.number for p in parts]
-            else:
-                await self.repo.finish_completing(upload.id, State.COMPLETED)
-                return State.COMPLETED
-        await self.repo.reopen(upload.id, bad)
-        return State.ACTIVE
-
     # -- download -----------------------------------------------------------------------------------
 
     async def download(self, upload_id: str, owner: Owner) -> Download:
-        upload = await self.load(upload_id, owner)
-        self.ensure_alive(upload)
+        upload = await load_alive(self.repo, upload_id, owner)
         if upload.state is State.COMPLETING:
             raise UploadError(ErrorCode.NOT_READY, "the upload is being completed", retry_after=RETRY_AFTER_COMPLETING)
         if upload.state is not State.COMPLETED:

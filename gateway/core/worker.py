@@ -5,33 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from gateway.core.completion import CompletionWorker
 from gateway.core.errors import UploadError
 from gateway.core.model import Upload
-from gateway.core.uploads import UploadService
+from gateway.core.ports import ObjectStore, UploadRepository
 
 log = logging.getLogger(__name__)
-
-
-class CompletionWorker:
-    """Finishes uploads left in `completing` by a dead process or a request that ran out of time."""
-
-    def __init__(self, service: UploadService, stale_after: float, batch: int = 20) -> None:
-        self.service = service
-        self.stale_after = stale_after
-        self.batch = batch
-
-    async def run_once(self) -> int:
-        claimed = await self.service.repo.claim_stale_completing(self.stale_after, self.batch)
-        for upload in claimed:
-            try:
-                state = await self.service.finish(upload)
-                log.info("completion worker: upload %s is %s", upload.id, state.value)
-            except UploadError as exc:  # S3 unavailable: the lease expires and a later run retries
-                log.warning("completion worker: upload %s not finished: %s", upload.id, exc)
-        return len(claimed)
 
 
 @dataclass
@@ -46,9 +29,11 @@ class SweepReport:
 class Sweeper:
     """Expiry and cleanup: expired uploads, leftovers of dead processes, S3 uploads without a row."""
 
-    def __init__(self, service: UploadService, completion: CompletionWorker, *, tombstone_days: int,
-                 orphan_grace: float, batch: int = 200) -> None:
-        self.service = service
+    def __init__(self, repo: UploadRepository, store: ObjectStore, completion: CompletionWorker, *,
+                 key_prefix: str, tombstone_days: int, orphan_grace: float, batch: int = 200) -> None:
+        self.repo = repo
+        self.store = store
+        self.key_prefix = key_prefix
         self.completion = completion
         self.tombstone_days = tombstone_days
         self.orphan_grace = orphan_grace
@@ -58,7 +43,7 @@ class Sweeper:
 
     async def run_once(self) -> SweepReport:
         report = SweepReport()
-        while expired := await self.service.repo.expire_batch(self.batch):
+        while expired := await self.repo.expire_batch(self.batch):
             report.expired += len(expired)
             await asyncio.gather(*(self._release(u) for u in expired))
             if len(expired) < self.batch:
@@ -67,12 +52,12 @@ class Sweeper:
         if time.monotonic() >= self.next_orphan_scan:
             self.next_orphan_scan = time.monotonic() + max(self.orphan_grace, 60.0)
             report.orphans_aborted = await self._abort_orphans()
-        report.tombstones_purged, report.events_purged = await self.service.repo.purge_ended(
+        report.tombstones_purged, report.events_purged = await self.repo.purge_ended(
             self.tombstone_days, event_days=7, limit=10_000)
         return report
 
     async def _release(self, upload: Upload) -> None:
-        store = self.service.store
+        store = self.store
         try:
             if upload.multipart_id:
                 await store.abort(upload.key, upload.multipart_id)
@@ -84,19 +69,19 @@ class Sweeper:
     async def _abort_orphans(self) -> int:
         """S3 multipart uploads under our prefix whose row is gone or ended (a crash between
         CreateMultipartUpload and the INSERT, or an abort that failed), after a grace period."""
-        store = self.service.store
+        store = self.store
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.orphan_grace)
         aborted = 0
         batch: list[tuple[str, str]] = []
 
         async def flush() -> int:
-            live = await self.service.repo.live_multipart_ids([mid for _, mid in batch])
+            live = await self.repo.live_multipart_ids([mid for _, mid in batch])
             dead = [(key, mid) for key, mid in batch if mid not in live]
             await asyncio.gather(*(store.abort(key, mid) for key, mid in dead))
             batch.clear()
             return len(dead)
 
-        prefix = self.service.limits.key_prefix
+        prefix = self.key_prefix
         async for listing in store.list_multipart_uploads(f"{prefix}/" if prefix else ""):
             if listing.initiated < cutoff:
                 batch.append((listing.key, listing.multipart_id))
@@ -107,7 +92,7 @@ class Sweeper:
         return aborted
 
 
-async def run_periodically(name: str, interval: float, job) -> None:  # type: ignore[no-untyped-def]
+async def run_periodically(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:
     """Run `job()` every `interval` seconds until cancelled; a failed run is logged, not fatal."""
     while True:
         try:

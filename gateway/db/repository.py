@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
 
-from gateway.core.events import Event
-from gateway.core.model import ConfirmedPart, Owner, PartChecksum, StashSegment, State, Upload
-from gateway.core.ports import ConfirmResult, NewUpload, Quota
+from gateway.core.ports import Event
+from gateway.core.model import ConfirmedPart, NewUpload, Owner, PartChecksum, StashSegment, State, Upload
+from gateway.core.ports import ConfirmResult, Quota
 from gateway.db.errors import translate_db_errors
 from gateway.metrics import BYTES_CONFIRMED
 
-_STASH_JSON = """(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
-     from upload_stash s where s.upload_id = u.id)"""
+# The stash rows of upload `u`, in order; the one place that reads them for an upload's state.
+_STASH_ROWS = "from upload_stash s where s.upload_id = u.id"
+_STASH_JSON = f"""(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
+     {_STASH_ROWS})"""
+_STASH_BYTES = f"(select coalesce(sum(s.size), 0) {_STASH_ROWS})"
 _CONFIRMED_BEYOND = """array(select p.number from upload_parts p
           where p.upload_id = u.id and p.number > u.prefix_parts order by p.number)"""
 
@@ -49,17 +52,38 @@ def _emit(event_type: str, where: str = "true") -> str:
             f"select u.id, '{event_type}', upload_event_payload(row(u.*)::uploads) from u where {where}")
 
 
+# Columns written at creation, each with its value taken from a NewUpload (one list, one place).
+_NEW_COLUMNS: tuple[tuple[str, str, Callable[[NewUpload], object]], ...] = (
+    ("id", "text", lambda n: n.id),
+    ("owner_iss", "text", lambda n: n.owner.issuer),
+    ("owner_sub", "text", lambda n: n.owner.subject),
+    ("length", "bigint", lambda n: n.length),
+    ("part_size", "bigint", lambda n: n.part_size),
+    ("part_checksum", "text", lambda n: n.part_checksum.value if n.part_checksum else None),
+    ("metadata", "json", lambda n: json.dumps(n.metadata)),
+    ("bucket", "text", lambda n: n.bucket),
+    ("s3_key", "text", lambda n: n.key),
+    ("multipart_id", "text", lambda n: n.multipart_id),
+    ("state", "text", lambda n: n.state.value),
+    ("concat", "text", lambda n: n.concat),
+    ("concat_partials", "text[]", lambda n: list(n.concat_partials)),
+)
+# Then: ttl, max_age, quota's max uploads and max bytes.
+_TTL, _MAX_AGE, _QUOTA_UPLOADS, _QUOTA_BYTES = (f"${len(_NEW_COLUMNS) + i}" for i in range(1, 5))
+_PARAM = {name: f"${i}::{kind}" for i, (name, kind, _) in enumerate(_NEW_COLUMNS, 1)}
+
 _INSERT = f"""
 with u as (
-    insert into uploads (id, owner_iss, owner_sub, length, part_size, part_checksum, metadata, metadata_header,
-                         bucket, s3_key, multipart_id, state, expires_at, max_expires_at, ended_at,
-                         concat, concat_header)
-    select $1, $2, $3, $4::bigint, $5::bigint, $6, $7::jsonb, $8, $9, $10, $11, $12,
-           now() + make_interval(secs => least($13::float8, $14::float8)), now() + make_interval(secs => $14::float8),
-           case when $12 = 'active' then null else now() end, $17, $18
-    where $15::bigint is null or (
-        select count(*) < $15::bigint and coalesce(sum(length), 0) + coalesce($4::bigint, 0) <= $16::bigint
-        from uploads where owner_iss = $2 and owner_sub = $3 and state = 'active')
+    insert into uploads ({", ".join(name for name, _, _ in _NEW_COLUMNS)}, expires_at, max_expires_at, ended_at)
+    select {", ".join(_PARAM.values())},
+           now() + make_interval(secs => least({_TTL}::float8, {_MAX_AGE}::float8)),
+           now() + make_interval(secs => {_MAX_AGE}::float8),
+           case when {_PARAM["state"]} = 'active' then null else now() end
+    where {_QUOTA_UPLOADS}::bigint is null or (
+        select count(*) < {_QUOTA_UPLOADS}::bigint
+               and coalesce(sum(length), 0) + coalesce({_PARAM["length"]}, 0) <= {_QUOTA_BYTES}::bigint
+        from uploads where owner_iss = {_PARAM["owner_iss"]} and owner_sub = {_PARAM["owner_sub"]}
+                           and state = 'active')
     returning *
 ), created as ({_emit("created")}), completed as ({_emit("completed", "u.state = 'completed'")})
 select {_SELECT} from u
@@ -103,12 +127,12 @@ _CONFIRM = f"""
 
 # A new writer preempts the current one; signed parts past the prefix stop counting for reconcile,
 # since the proxy path may now write those part numbers.
-_CLAIM_WRITER = _returning("""
+_CLAIM_WRITER = _returning(f"""
     update uploads u set writer_gen = writer_gen + 1, signed_max_part = prefix_parts,
                          expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
                          updated_at = now()
     where id = $1 and state = 'active' and expires_at > now()
-      and prefix_parts * part_size + (select coalesce(sum(size), 0) from upload_stash s where s.upload_id = u.id) = $2
+      and prefix_parts * part_size + {_STASH_BYTES} = $2
 """)
 
 _ADD_STASH = """
@@ -225,7 +249,6 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         part_size=row["part_size"],
         part_checksum=PartChecksum(checksum) if checksum else None,
         metadata=json.loads(row["metadata"]),
-        metadata_header=row["metadata_header"],
         bucket=row["bucket"],
         key=row["s3_key"],
         multipart_id=row["multipart_id"],
@@ -241,7 +264,7 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         writer_gen=row["writer_gen"],
         stash=tuple(StashSegment(*segment) for segment in json.loads(row["stash"])),
         concat=row["concat"],
-        concat_header=row["concat_header"],
+        concat_partials=tuple(row["concat_partials"]),
     )
 
 
@@ -256,11 +279,8 @@ class PgUploadRepository:
 
     async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
         """The new upload, or None when the owner's quota of active uploads or bytes is used up."""
-        args = (new.id, new.owner.issuer, new.owner.subject, new.length, new.part_size,
-                new.part_checksum.value if new.part_checksum else None, json.dumps(new.metadata),
-                new.metadata_header, new.bucket, new.key, new.multipart_id, new.state.value, ttl, max_age,
-                quota.max_uploads if quota else None, quota.max_bytes if quota else None,
-                new.concat, new.concat_header)
+        args = (*(value(new) for _, _, value in _NEW_COLUMNS), ttl, max_age,
+                quota.max_uploads if quota else None, quota.max_bytes if quota else None)
         async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
             if quota:
                 # Serialises one owner's creations so two cannot both take the last slot. A separate

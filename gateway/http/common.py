@@ -1,7 +1,8 @@
-"""Request parsing shared by the http handlers."""
+"""Request parsing and rendering shared by the protocol modules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import Owner
+from gateway.core.ports import BodyInterrupted
 from gateway.http.keys import OWNER, SETTINGS
 
 DIGITS = re.compile(r"^[0-9]{1,19}$")
@@ -20,6 +22,11 @@ UPLOAD_ID = re.compile(f"^{UPLOAD_ID_PATTERN}$")
 def owner_of(request: web.Request) -> Owner:
     owner: Owner = request[OWNER]
     return owner
+
+
+def upload_id_of(request: web.Request) -> str:
+    upload_id: str = request.match_info["upload_id"]
+    return upload_id
 
 
 def upload_url(request: web.Request, upload_id: str) -> str:
@@ -59,3 +66,23 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise UploadError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     return body
+
+
+class RequestBodyStream:
+    """aiohttp's request stream as the core's RequestBody, with an idle timeout: a drop or a stall
+    ends it as BodyInterrupted."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.content = request.content
+        self.length = request.content_length
+        self.idle_timeout = request.app[SETTINGS].body_idle_timeout
+
+    async def read(self, limit: int) -> bytes:
+        try:
+            return await asyncio.wait_for(self.content.read(limit), self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise BodyInterrupted("no bytes for too long") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # aiohttp reports a dropped client in several ways
+            raise BodyInterrupted(repr(exc)) from exc

@@ -28,11 +28,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import MiB, State, Upload
+from gateway.core.model import S3_MAX_PARTS, MiB, Upload
 from gateway.core.uploads import PartRequest
-from gateway.http.common import UPLOAD_ID_PATTERN, owner_of, read_json_object, upload_url
+from gateway.http.common import owner_of, read_json_object, upload_id_of, upload_url
 from gateway.http.keys import SERVICE
 
 # @uppy/aws-s3 5.x: chunk size max(5 MiB, ceil(size / 10000)), i.e. 5 MiB for files up to ~48.8 GiB.
@@ -40,7 +39,6 @@ UPPY_PART_SIZE = 5 * MiB
 MAX_CREATE_BODY = 64 * 1024
 # Companion accepts 1 MB on complete (uppy#1945): 10,000 {PartNumber, ETag} entries are ~500 KB.
 MAX_COMPLETE_BODY = 1024 * 1024
-_UPLOAD_ID = f"{{upload_id:{UPLOAD_ID_PATTERN}}}"
 _NUMBER = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -52,15 +50,15 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def _metadata_header(filename: str, content_type: str, metadata: dict[str, Any]) -> str:
-    """tus Upload-Metadata: `filename`/`filetype` (what the rest of the gateway reads) plus Uppy's meta."""
+def _metadata(filename: str, content_type: str, metadata: dict[str, Any]) -> dict[str, str | None]:
+    """`filename`/`filetype` (what the rest of the gateway reads) plus Uppy's meta."""
     values: dict[str, str | None] = {"filename": filename}
     if content_type:
         values["filetype"] = content_type
     for key, value in metadata.items():
         if value is not None and key not in values:
             values[key] = _text(value)
-    return md.encode_metadata(values)
+    return values
 
 
 async def _upload_for(request: web.Request) -> Upload:
@@ -68,7 +66,7 @@ async def _upload_for(request: web.Request) -> Upload:
     key = request.query.get("key")
     if not key:
         raise _bad('the object key must be passed as a query parameter, e.g. "?key=uploads/ab/00ab..."')
-    upload: Upload = await request.app[SERVICE].load(request.match_info["upload_id"], owner_of(request))
+    upload: Upload = await request.app[SERVICE].load(upload_id_of(request), owner_of(request))
     if upload.key != key:
         raise _bad("the key does not belong to this upload")
     return upload
@@ -94,7 +92,7 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(metadata, dict):
         raise _bad('"metadata" must be an object')
     upload = await request.app[SERVICE].create(
-        owner_of(request), length=None, metadata_header=_metadata_header(filename, content_type, metadata),
+        owner_of(request), length=None, metadata=_metadata(filename, content_type, metadata),
         part_size_hint=UPPY_PART_SIZE, part_checksum=None)
     return web.json_response({"uploadId": upload.id, "key": upload.key, "bucket": upload.bucket})
 
@@ -118,7 +116,7 @@ async def sign_batch(request: web.Request) -> web.Response:
         raise _bad('the part numbers must be passed as a comma separated query parameter, e.g. "?partNumbers=4,6,7"')
     items = [item.strip() for item in raw.split(",")]
     if not all(_NUMBER.match(item) for item in items):
-        raise UploadError(ErrorCode.UNKNOWN_PART, "the part numbers must be numbers between 1 and 10000")
+        raise UploadError(ErrorCode.UNKNOWN_PART, f"the part numbers must be numbers between 1 and {S3_MAX_PARTS}")
     numbers = list(dict.fromkeys(int(item) for item in items))
     result = await request.app[SERVICE].sign(upload.id, owner_of(request), [PartRequest(n) for n in numbers],
                                              None, pin_length=False)
@@ -150,33 +148,16 @@ def _completion_parts(body: dict[str, Any]) -> list[int]:
 async def complete(request: web.Request) -> web.Response:
     upload = await _upload_for(request)
     numbers = _completion_parts(await read_json_object(request, MAX_COMPLETE_BODY))
-    service = request.app[SERVICE]
-    owner = owner_of(request)
     # The ETags are S3's to know: the gateway completes with the parts S3 lists (sizes checked).
-    await service.complete_listed(upload.id, owner, numbers)
-    done = await service.load(upload.id, owner)
-    service.ensure_alive(done)  # a completion S3 refused for good: 410 upload_failed
-    if done.state is State.ACTIVE:
-        missing = [n for n in numbers if not done.is_confirmed(n)]
-        if missing:  # S3 refused them at CompleteMultipartUpload; the gateway reopened them
-            raise UploadError(ErrorCode.PART_NOT_VISIBLE,
-                              f"S3 refused parts {missing[:10]} at completion; upload them again",
-                              details={"parts": missing}, retry_after=1)
-        # An upload whose length was known before (e.g. created on /files): these parts are not all of it.
-        raise UploadError(ErrorCode.LENGTH_CONFLICT,
-                          f"parts 1..{max(numbers)} do not make the whole upload of {done.length} bytes")
     # `completing`: S3 is still assembling (the completion worker finishes it); the location answers
     # 409 not_ready until then.
+    done = await request.app[SERVICE].complete_listed(upload.id, owner_of(request), numbers)
     return web.json_response({"location": upload_url(request, done.id), "key": done.key, "bucket": done.bucket})
 
 
 async def abort(request: web.Request) -> web.Response:
     upload = await _upload_for(request)
-    if upload.state is State.COMPLETED:
-        # Like S3's AbortMultipartUpload, this never deletes a finished object (DELETE /files/{id} does).
-        # (`completing`: the core answers 409 completing with Retry-After.)
-        raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete; there is no multipart upload to abort")
-    await request.app[SERVICE].terminate(upload.id, owner_of(request))
+    await request.app[SERVICE].abort_multipart(upload.id, owner_of(request))
     return web.json_response({})
 
 
@@ -187,33 +168,3 @@ async def params(request: web.Request) -> web.Response:
 
 async def sts(request: web.Request) -> web.Response:
     raise _bad("temporary S3 credentials (/s3/sts) are never handed out; use the signed part URLs of /s3/multipart")
-
-
-def setup_routes(router: web.UrlDispatcher, base: str = "/s3") -> None:
-    """Resource names starting with `parts.` share the per-owner sign/confirm/list rate limit."""
-    for path, name, handler in ((f"{base}/params", "s3.params", params), (f"{base}/sts", "s3.sts", sts)):
-        resource = router.add_resource(path, name=name)
-        resource.add_route("OPTIONS", options)
-        resource.add_route("GET", handler)
-
-    collection = router.add_resource(f"{base}/multipart", name="s3.multipart")
-    collection.add_route("OPTIONS", options)
-    collection.add_route("POST", create)
-
-    upload = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}", name="parts.s3.upload")
-    upload.add_route("OPTIONS", options)
-    upload.add_route("GET", list_parts)
-    upload.add_route("DELETE", abort)
-
-    # Registered before `/{part_number}` as Companion does (the number pattern excludes them anyway).
-    batch = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/batch", name="parts.s3.batch")
-    batch.add_route("OPTIONS", options)
-    batch.add_route("GET", sign_batch)
-
-    finish = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/complete", name="parts.s3.complete")
-    finish.add_route("OPTIONS", options)
-    finish.add_route("POST", complete)
-
-    part = router.add_resource(f"{base}/multipart/{_UPLOAD_ID}/{{part_number:[0-9]{{1,9}}}}", name="parts.s3.part")
-    part.add_route("OPTIONS", options)
-    part.add_route("GET", sign_part)

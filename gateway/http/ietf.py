@@ -15,12 +15,10 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import State, Upload
-from gateway.http.common import owner_of, upload_url
+from gateway.http.common import RequestBodyStream, owner_of, upload_id_of, upload_url
 from gateway.http.keys import PROXY, SERVICE, SETTINGS
-from gateway.http.patch import RequestBodyStream
 
 INTEROP_VERSION = "8"
 PARTIAL_UPLOAD = "application/partial-upload"
@@ -83,7 +81,7 @@ def _state_headers(request: web.Request, upload: Upload) -> dict[str, str]:
     return headers
 
 
-def _representation_metadata(request: web.Request) -> str:
+def _representation_metadata(request: web.Request) -> dict[str, str | None]:
     """Content-Type and Content-Disposition's filename become the upload's metadata."""
     metadata: dict[str, str | None] = {}
     disposition = request.headers.get("Content-Disposition", "")
@@ -94,28 +92,13 @@ def _representation_metadata(request: web.Request) -> str:
     content_type = request.headers.get("Content-Type")
     if content_type and content_type.split(";")[0].strip().lower() != PARTIAL_UPLOAD:
         metadata["filetype"] = content_type.split(";")[0].strip()
-    return md.encode_metadata(metadata)
+    return metadata
 
 
 async def _send_104(request: web.Request, headers: dict[str, str]) -> None:
     """An interim response before the final one (aiohttp itself writes `100 Continue` this way)."""
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     await request.writer.write(f"HTTP/1.1 104 Upload Resumption Supported\r\n{lines}\r\n".encode())
-
-
-async def _complete(request: web.Request, upload: Upload) -> Upload:
-    """`Upload-Complete: ?1` on a request whose length was not announced: the length is what arrived."""
-    if upload.length is not None or upload.state is not State.ACTIVE:
-        return upload
-    return await request.app[PROXY].patch(upload.id, owner_of(request), upload.offset, _NoBody(),
-                                          declared_length=upload.offset)
-
-
-class _NoBody:
-    length = 0
-
-    async def read(self, limit: int) -> bytes:
-        return b""
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -125,22 +108,22 @@ async def create(request: web.Request) -> web.StreamResponse:
         if length is not None and length != request.content_length:
             raise UploadError(ErrorCode.INCONSISTENT_LENGTH, "Upload-Length and Content-Length disagree")
         length = request.content_length
-    owner = owner_of(request)
-    upload = await request.app[SERVICE].create(owner, length=length, metadata_header=_representation_metadata(request),
+    upload = await request.app[SERVICE].create(owner_of(request), length=length,
+                                               metadata=_representation_metadata(request),
                                                part_size_hint=None, part_checksum=None)
     location = upload_url(request, upload.id)
     await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
                               "Upload-Draft-Interop-Version": INTEROP_VERSION})
+    proxy = request.app[PROXY]
     if upload.state is State.ACTIVE and request.content_length != 0:
-        upload = await request.app[PROXY].patch(upload.id, owner, 0, RequestBodyStream(
-            request, request.app[SETTINGS].body_idle_timeout))
+        upload = await proxy.patch(upload.id, upload.owner, 0, RequestBodyStream(request))
     if complete:
-        upload = await _complete(request, upload)
+        upload = await proxy.end_at_offset(upload)
     return web.Response(status=201, headers={**_state_headers(request, upload), "Location": location})
 
 
 async def head(request: web.Request) -> web.Response:
-    upload = await request.app[SERVICE].status(request.match_info["upload_id"], owner_of(request))
+    upload = await request.app[SERVICE].status(upload_id_of(request), owner_of(request))
     return web.Response(status=204, headers={**_state_headers(request, upload), "Cache-Control": "no-store"})
 
 
@@ -151,30 +134,18 @@ async def append(request: web.Request) -> web.Response:
     if offset is None:
         raise UploadError(ErrorCode.INVALID_OFFSET, "Upload-Offset is required")
     complete = _bool(request, "Upload-Complete")
-    upload_id, owner = request.match_info["upload_id"], owner_of(request)
-    current = await request.app[SERVICE].status(upload_id, owner)
-    if current.state is not State.ACTIVE:
-        if request.content_length == 0:
-            raise UploadError(ErrorCode.COMPLETED_UPLOAD, "the upload is already complete")
-        raise UploadError(ErrorCode.INCONSISTENT_LENGTH, "the upload is already complete; nothing can be appended")
-    declared = offset + request.content_length if complete and request.content_length is not None else None
-    if declared is not None and current.length is not None and declared != current.length:
-        raise UploadError(ErrorCode.INCONSISTENT_LENGTH, f"the upload's length is {current.length}")
     try:
-        upload = await request.app[PROXY].patch(
-            upload_id, owner, offset, RequestBodyStream(request, request.app[SETTINGS].body_idle_timeout),
-            declared_length=declared if current.length is None else None)
+        upload = await request.app[PROXY].append(upload_id_of(request), owner_of(request), offset,
+                                                 RequestBodyStream(request), complete=complete)
     except UploadError as exc:
         if exc.code is ErrorCode.OFFSET_MISMATCH:
             exc.details["provided_offset"] = offset
         raise
-    if complete:
-        upload = await _complete(request, upload)
     return web.Response(status=204, headers=_state_headers(request, upload))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    await request.app[SERVICE].terminate(request.match_info["upload_id"], owner_of(request))
+    await request.app[SERVICE].terminate(upload_id_of(request), owner_of(request))
     return web.Response(status=204, headers={"Upload-Draft-Interop-Version": INTEROP_VERSION})
 
 

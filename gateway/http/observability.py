@@ -10,13 +10,14 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http.keys import METRICS_SAMPLERS, OWNER
+from gateway.http.keys import METRICS_SAMPLERS
 from gateway.metrics import REQUEST_SECONDS, REQUESTS
 
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
@@ -106,25 +107,31 @@ class TokenBuckets:
         return wait
 
 
-def rate_limit_middleware(parts: TokenBuckets | None, head: TokenBuckets | None) -> Any:
-    """Sign/confirm/list answer 429; HEAD answers 423 (tus-js-client retries 423 but restarts the
-    upload from byte 0 on other HEAD errors)."""
+@dataclass(frozen=True)
+class LimitBucket:
+    """A per-owner rate limit a route can join, and how a refusal answers."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        name = request.match_info.route.name or ""
-        owner = request.get(OWNER)
-        if owner is not None:
-            if parts is not None and name.startswith("parts.") and request.method != "OPTIONS":
-                wait = parts.take(owner)
-                if wait:
-                    raise UploadError(ErrorCode.RATE_LIMITED, "too many requests; slow down",
-                                      retry_after=math.ceil(wait))
-            elif head is not None and name == "tus.upload" and request.method == "HEAD":
-                wait = head.take(owner)
-                if wait:
-                    raise UploadError(ErrorCode.UPLOAD_LOCKED, "too many HEAD requests; retry shortly",
-                                      retry_after=math.ceil(wait))
-        return await handler(request)
+    name: str
+    code: ErrorCode
+    message: str
 
-    return middleware
+
+# Sign/confirm/list answer 429; HEAD answers 423 (tus-js-client retries 423 but restarts the upload
+# from byte 0 on other HEAD errors).
+PARTS_LIMIT = LimitBucket("parts", ErrorCode.RATE_LIMITED, "too many requests; slow down")
+HEAD_LIMIT = LimitBucket("head", ErrorCode.UPLOAD_LOCKED, "too many HEAD requests; retry shortly")
+
+
+class RateLimiter:
+    """Token buckets per (limit, owner); a limit with rate 0 is off."""
+
+    def __init__(self, rates: dict[LimitBucket, float]) -> None:
+        self.buckets = {limit: TokenBuckets(rate, 2 * rate) for limit, rate in rates.items() if rate}
+
+    def check(self, limit: LimitBucket, owner: Any) -> None:
+        buckets = self.buckets.get(limit)
+        if buckets is None:
+            return
+        wait = buckets.take(owner)
+        if wait:
+            raise UploadError(limit.code, limit.message, retry_after=math.ceil(wait))

@@ -7,10 +7,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import Upload
+from gateway.core.model import S3_MAX_PARTS, Upload
 from gateway.core.uploads import PartRequest
 from gateway.http.keys import SERVICE
-from gateway.http.common import DIGITS, owner_of, read_json_object
+from gateway.http.common import DIGITS, owner_of, read_json_object, upload_id_of
 
 MAX_JSON_BODY = 256 * 1024
 
@@ -54,7 +54,7 @@ async def sign(request: web.Request) -> web.Response:
         _part_request(item) for item in _parts_list(body)]
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
         raise _bad('"length" must be a non-negative integer')
-    result = await request.app[SERVICE].sign(request.match_info["upload_id"], owner_of(request), requests, length)
+    result = await request.app[SERVICE].sign(upload_id_of(request), owner_of(request), requests, length)
     upload = result.upload
     return web.json_response({
         "offset": upload.offset,
@@ -70,20 +70,20 @@ async def sign(request: web.Request) -> web.Response:
 async def confirm_one(request: web.Request) -> web.Response:
     raw = request.match_info["number"]
     if not DIGITS.match(raw) or len(raw) > 5:
-        raise UploadError(ErrorCode.UNKNOWN_PART, "part numbers are 1..10000")
-    upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), [int(raw)])
+        raise UploadError(ErrorCode.UNKNOWN_PART, f"part numbers are 1..{S3_MAX_PARTS}")
+    upload = await request.app[SERVICE].confirm(upload_id_of(request), owner_of(request), [int(raw)])
     return web.Response(status=204, headers=_offset_headers(upload))
 
 
 async def confirm_many(request: web.Request) -> web.Response:
     body = await read_json_object(request, MAX_JSON_BODY)
     numbers = [_part_number(n) for n in _parts_list(body)]
-    upload = await request.app[SERVICE].confirm(request.match_info["upload_id"], owner_of(request), numbers)
+    upload = await request.app[SERVICE].confirm(upload_id_of(request), owner_of(request), numbers)
     return web.Response(status=204, headers=_offset_headers(upload))
 
 
 async def list_parts(request: web.Request) -> web.Response:
-    upload, parts = await request.app[SERVICE].list_parts(request.match_info["upload_id"], owner_of(request))
+    upload, parts = await request.app[SERVICE].list_parts(upload_id_of(request), owner_of(request))
     return web.json_response({
         "offset": upload.offset,
         "length": upload.length,

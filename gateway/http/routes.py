@@ -1,47 +1,38 @@
-"""Routes and request middlewares of the gateway."""
+"""The route table: every route of the gateway with what it requires, as data a reader can scan
+(docs/architecture.md §1), and the middlewares every request passes."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import companion, ietf, parts, patch, tus
+from gateway.http import companion, ietf, parts, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
 from gateway.http.observability import (
-    InFlight, TokenBuckets, metrics, observability_middleware, rate_limit_middleware,
+    HEAD_LIMIT, PARTS_LIMIT, InFlight, LimitBucket, RateLimiter, metrics, observability_middleware,
 )
 
-# Route names: `tus.*` require Tus-Resumable; `public.*` need no token.
-_UPLOAD_ID = f"{{upload_id:{UPLOAD_ID_PATTERN}}}"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def tus_resumable_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """tus MUST: 412 with Tus-Version for a missing or unsupported version (OPTIONS excepted)."""
-    name = request.match_info.route.name or ""
-    if name.startswith("tus.") and request.method != "OPTIONS" and not ietf.is_ietf(request):
-        if request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION:
-            raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
-                              f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
-    return await handler(request)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    name = request.match_info.route.name or ""
-    if request.method != "OPTIONS" and not name.startswith("public.") and request.match_info.http_exception is None:
-        request[OWNER] = request.app[AUTHENTICATOR].owner(request.headers.get("Authorization"))
-    return await handler(request)
-
-
-async def _tus_resumable_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Tus-Resumable"] = tus.TUS_VERSION
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    # The resource name: the `route` label of metrics and access logs.
+    name: str
+    auth: bool = True
+    # tus requests must carry `Tus-Resumable: 1.0.0` (requests of the IETF draft are recognised apart).
+    tus: bool = False
+    limit: LimitBucket | None = None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -62,37 +53,86 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def setup_routes(app: web.Application, base_path: str) -> None:
-    router = app.router
-    router.add_get("/healthz", healthz, name="public.healthz")
-    router.add_get("/readyz", readyz, name="public.readyz")
-    router.add_get("/metrics", metrics, name="public.metrics")
+def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
+    """Preflights (OPTIONS) never need a token or Tus-Resumable; the CORS middleware answers their headers."""
+    upload = f"{base}/{{upload_id:{UPLOAD_ID_PATTERN}}}"
+    s3_upload = f"{s3_base}/multipart/{{upload_id:{UPLOAD_ID_PATTERN}}}"
+    on_upload = {"HEAD": tus.head, "PATCH": tus.patch, "DELETE": tus.delete}
+    return [
+        Route("GET", "/healthz", healthz, "public.healthz", auth=False),
+        Route("GET", "/readyz", readyz, "public.readyz", auth=False),
+        Route("GET", "/metrics", metrics, "public.metrics", auth=False),
+        # tus and the IETF draft share the collection and upload URLs.
+        Route("OPTIONS", base, ietf.by_protocol(tus.options, ietf.options), "tus.collection", auth=False),
+        Route("POST", base, ietf.by_protocol(tus.create, ietf.create), "tus.collection", tus=True),
+        Route("OPTIONS", upload, ietf.by_protocol(tus.options, ietf.options), "tus.upload", auth=False),
+        Route("HEAD", upload, ietf.by_protocol(tus.head, ietf.head), "tus.upload", tus=True, limit=HEAD_LIMIT),
+        Route("DELETE", upload, ietf.by_protocol(tus.delete, ietf.cancel), "tus.upload", tus=True),
+        Route("PATCH", upload, ietf.by_protocol(tus.patch, ietf.append), "tus.upload", tus=True),
+        Route("POST", upload, tus.method_override(on_upload), "tus.upload", tus=True),
+        # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
+        Route("GET", upload, tus.download, "download"),
+        # The presigned-parts extension (the direct path).
+        Route("OPTIONS", f"{upload}/parts", tus.options, "parts.collection", auth=False),
+        Route("POST", f"{upload}/parts", parts.sign, "parts.collection", limit=PARTS_LIMIT),
+        Route("PUT", f"{upload}/parts", parts.confirm_many, "parts.collection", limit=PARTS_LIMIT),
+        Route("GET", f"{upload}/parts", parts.list_parts, "parts.collection", limit=PARTS_LIMIT),
+        Route("OPTIONS", f"{upload}/parts/{{number}}", tus.options, "parts.one", auth=False),
+        Route("PUT", f"{upload}/parts/{{number}}", parts.confirm_one, "parts.one", limit=PARTS_LIMIT),
+        # Uppy Companion's S3 multipart routes (@uppy/aws-s3).
+        Route("OPTIONS", f"{s3_base}/params", companion.options, "s3.params", auth=False),
+        Route("GET", f"{s3_base}/params", companion.params, "s3.params"),
+        Route("OPTIONS", f"{s3_base}/sts", companion.options, "s3.sts", auth=False),
+        Route("GET", f"{s3_base}/sts", companion.sts, "s3.sts"),
+        Route("OPTIONS", f"{s3_base}/multipart", companion.options, "s3.multipart", auth=False),
+        Route("POST", f"{s3_base}/multipart", companion.create, "s3.multipart"),
+        Route("OPTIONS", s3_upload, companion.options, "parts.s3.upload", auth=False),
+        Route("GET", s3_upload, companion.list_parts, "parts.s3.upload", limit=PARTS_LIMIT),
+        Route("DELETE", s3_upload, companion.abort, "parts.s3.upload", limit=PARTS_LIMIT),
+        # Before `/{part_number}` as Companion does (the number pattern excludes them anyway).
+        Route("OPTIONS", f"{s3_upload}/batch", companion.options, "parts.s3.batch", auth=False),
+        Route("GET", f"{s3_upload}/batch", companion.sign_batch, "parts.s3.batch", limit=PARTS_LIMIT),
+        Route("OPTIONS", f"{s3_upload}/complete", companion.options, "parts.s3.complete", auth=False),
+        Route("POST", f"{s3_upload}/complete", companion.complete, "parts.s3.complete", limit=PARTS_LIMIT),
+        Route("OPTIONS", f"{s3_upload}/{{part_number:[0-9]{{1,9}}}}", companion.options, "parts.s3.part",
+              auth=False),
+        Route("GET", f"{s3_upload}/{{part_number:[0-9]{{1,9}}}}", companion.sign_part, "parts.s3.part",
+              limit=PARTS_LIMIT),
+    ]
 
-    collection = router.add_resource(base_path, name="tus.collection")
-    collection.add_route("OPTIONS", ietf.by_protocol(tus.options, ietf.options))
-    collection.add_route("POST", ietf.by_protocol(tus.create, ietf.create))
 
-    upload = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="tus.upload")
-    upload.add_route("OPTIONS", ietf.by_protocol(tus.options, ietf.options))
-    upload.add_route("HEAD", ietf.by_protocol(tus.head, ietf.head))
-    upload.add_route("DELETE", ietf.by_protocol(tus.delete, ietf.cancel))
-    upload.add_route("PATCH", ietf.by_protocol(patch.patch, ietf.append))
-    upload.add_route("POST", tus.method_override({"HEAD": tus.head, "PATCH": patch.patch, "DELETE": tus.delete}))
+def _guarded(route: Route, limiter: RateLimiter) -> Handler:
+    """The handler behind what its route requires: Tus-Resumable, then a token, then its rate limit."""
 
-    # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
-    download = router.add_resource(f"{base_path}/{_UPLOAD_ID}", name="download")
-    download.add_route("GET", tus.download)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if route.tus and not ietf.is_ietf(request):
+            if request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION:
+                raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
+                                  f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
+        if route.auth:
+            owner = request.app[AUTHENTICATOR].owner(request.headers.get("Authorization"))
+            request[OWNER] = owner
+            if route.limit is not None:
+                limiter.check(route.limit, owner)
+        return await route.handler(request)
 
-    part_list = router.add_resource(f"{base_path}/{_UPLOAD_ID}/parts", name="parts.collection")
-    part_list.add_route("OPTIONS", tus.options)
-    part_list.add_route("POST", parts.sign)
-    part_list.add_route("PUT", parts.confirm_many)
-    part_list.add_route("GET", parts.list_parts)
+    return handler
 
-    part = router.add_resource(f"{base_path}/{_UPLOAD_ID}/parts/{{number}}", name="parts.one")
-    part.add_route("OPTIONS", tus.options)
-    part.add_route("PUT", parts.confirm_one)
-    companion.setup_routes(router)  # Uppy Companion's S3 multipart routes (@uppy/aws-s3)
+
+def add_routes(app: web.Application, routes: list[Route], limiter: RateLimiter) -> None:
+    """One aiohttp resource per route name, in table order (the router tries them in that order)."""
+    resources: dict[str, tuple[str, web.Resource]] = {}
+    for route in routes:
+        if route.name not in resources:
+            resources[route.name] = (route.path, app.router.add_resource(route.path, name=route.name))
+        path, resource = resources[route.name]
+        if path != route.path:
+            raise ValueError(f"route {route.name} has two paths: {path} and {route.path}")
+        resource.add_route(route.method, _guarded(route, limiter))
+
+
+async def _tus_resumable_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Tus-Resumable"] = tus.TUS_VERSION
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
@@ -101,10 +141,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 def setup_http(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[IN_FLIGHT] = InFlight()
-    parts = TokenBuckets(settings.rate_limit_parts, 2 * settings.rate_limit_parts) if settings.rate_limit_parts else None
-    head = TokenBuckets(settings.rate_limit_head, 2 * settings.rate_limit_head) if settings.rate_limit_head else None
-    app.middlewares.extend([app[IN_FLIGHT].middleware, observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
-                            error_middleware, tus_resumable_middleware, auth_middleware,
-                            rate_limit_middleware(parts, head)])
+    limiter = RateLimiter({PARTS_LIMIT: settings.rate_limit_parts, HEAD_LIMIT: settings.rate_limit_head})
+    app.middlewares.extend([app[IN_FLIGHT].middleware, observability_middleware(settings.access_log),
+                            cors_middleware(settings.cors_origins), error_middleware])
     app.on_response_prepare.append(_tus_resumable_header)
-    setup_routes(app, settings.base_path)
+    add_routes(app, route_table(settings.base_path), limiter)

@@ -15,13 +15,14 @@ kept as they are (PutBucketCors and PutBucketLifecycleConfiguration replace the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.config import Settings
-from gateway.s3.store import s3_client
+from gateway.s3.client import s3_client
 
 CORS_RULE_ID = "tus-gateway-presigned-parts"
 ABORT_RULE_ID = "tus-gateway-abort-incomplete-uploads"
@@ -50,10 +51,11 @@ def stash_prefix(settings: Settings) -> str:
     return f"{upload_prefix(settings)}stash/"
 
 
-def cors_rule(settings: Settings) -> dict[str, Any]:
+def cors_rule(origins: Sequence[str]) -> dict[str, Any]:
+    """The bucket CORS rule for presigned part PUTs; `gateway s3 setup` and the dev stack both use it."""
     return {
         "ID": CORS_RULE_ID,
-        "AllowedOrigins": list(settings.cors_origins or ("*",)),
+        "AllowedOrigins": list(origins or ("*",)),
         "AllowedMethods": list(CORS_METHODS),
         "AllowedHeaders": list(CORS_ALLOWED_HEADERS),
         "ExposeHeaders": list(CORS_EXPOSE_HEADERS),
@@ -149,7 +151,7 @@ async def apply_bucket_setup(settings: Settings, *, create_bucket: bool = False)
     if not settings.s3_bucket:
         raise SetupError("GATEWAY_S3_BUCKET is required")
     bucket = settings.s3_bucket
-    cors = cors_rule(settings)
+    cors = cors_rule(settings.cors_origins)
     rules = lifecycle_rules(settings)
     ours = {ABORT_RULE_ID, STASH_RULE_ID}
     async with s3_client(settings) as client:

@@ -1,8 +1,9 @@
-"""The data plane of the proxy path: bodies streamed into S3 through our own SigV4 signer.
+"""S3 requests signed by our own SigV4 signer and sent over aiohttp: the core's ByteStore port (the
+proxy path's streamed bodies) and the hot control calls (CreateMultipartUpload, DeleteObjects).
 
 aiobotocore cannot stream a request body into UploadPart (botocore wants a seekable body, hashes it
-and adds a CRC32), so PUTs go out over aiohttp with `UNSIGNED-PAYLOAD`, an explicit Content-Length
-and no retries: a retry is the client resuming.
+and adds a CRC32), so PUTs go out with `UNSIGNED-PAYLOAD`, an explicit Content-Length and no
+retries: a retry is the client resuming. CreateMultipartUpload skips botocore's per-call overhead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _storage_error(operation: str, detail: str) -> UploadError:
                        retry_after=2)
 
 
-class S3ByteStore:
+class S3SignedRequests:
     def __init__(self, session: aiohttp.ClientSession, signer: SigV4Signer, bucket: str) -> None:
         self.session = session
         self.signer = signer

@@ -1,0 +1,26 @@
+"""The settings the core's rules read: one frozen value built from gateway.config by field name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.core.ports import Quota
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Each field has the name of the gateway.config setting it comes from (see app.limits_from)."""
+
+    max_upload_size: int
+    part_size: int
+    upload_ttl: int
+    upload_max_age: int
+    presign_ttl: int
+    download_ttl: int
+    sign_batch_max: int
+    s3_key_prefix: str
+    s3_bucket: str
+    complete_timeout: float
+    head_reconcile_timeout: float
+    reconcile_interval: float
+    quota: Quota | None = None

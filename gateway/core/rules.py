@@ -1,0 +1,74 @@
+"""Rules every use case applies to an owner's upload: who may see it, which states answer what,
+and whether a length may be declared (docs/architecture.md §2)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.model import Owner, State, Upload
+from gateway.core.ports import UploadRepository
+
+# Seconds a client waits before retrying while S3 assembles the object.
+RETRY_AFTER_COMPLETING = 5
+
+
+def not_found() -> UploadError:
+    return UploadError(ErrorCode.NOT_FOUND, "no such upload")
+
+
+async def load_owned(repo: UploadRepository, upload_id: str, owner: Owner) -> Upload:
+    upload = await repo.get(upload_id)
+    # Another owner's upload is indistinguishable from a missing one.
+    if upload is None or upload.owner != owner:
+        raise not_found()
+    return upload
+
+
+def ensure_alive(upload: Upload) -> None:
+    """Terminated, expired and failed uploads are tombstones: 410 for everything but DELETE."""
+    if upload.state is State.TERMINATED:
+        raise UploadError(ErrorCode.GONE, "the upload was terminated")
+    if upload.state is State.EXPIRED or (upload.state is State.ACTIVE and upload.is_expired):
+        raise UploadError(ErrorCode.UPLOAD_EXPIRED, "the upload expired")
+    if upload.state is State.FAILED:
+        raise UploadError(ErrorCode.UPLOAD_FAILED, f"the upload failed: {upload.failure_reason}")
+
+
+async def load_alive(repo: UploadRepository, upload_id: str, owner: Owner) -> Upload:
+    upload = await load_owned(repo, upload_id, owner)
+    ensure_alive(upload)
+    return upload
+
+
+async def load_active(repo: UploadRepository, upload_id: str, owner: Owner) -> Upload:
+    upload = await load_alive(repo, upload_id, owner)
+    if upload.state is not State.ACTIVE:
+        raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete")
+    return upload
+
+
+def offset_mismatch(upload: Upload) -> UploadError:
+    return UploadError(ErrorCode.OFFSET_MISMATCH, f"Upload-Offset must be {upload.offset}",
+                       details={"offset": upload.offset})
+
+
+def planned_with_length(upload: Upload, length: int | None, max_upload_size: int) -> Upload:
+    """The upload as it will be once `length` is declared; raises if the declaration is refused.
+    Nothing is written, so a request can be checked whole before it changes anything."""
+    if length is None or upload.length == length:
+        return upload
+    if upload.length is not None:
+        raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
+    ceiling = min(max_upload_size, upload.max_length)
+    if length > ceiling:
+        raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"length exceeds the maximum of {ceiling} bytes")
+    if length < upload.offset:
+        raise UploadError(ErrorCode.LENGTH_CONFLICT, "length is smaller than the confirmed offset")
+    # Every confirmed part must still fit the plan (all are full-size until the length is known).
+    confirmed_ends = [n * upload.part_size for n in upload.confirmed_beyond_prefix]
+    if any(end > length for end in confirmed_ends):
+        raise UploadError(ErrorCode.LENGTH_CONFLICT, "confirmed parts lie past that length")
+    if length == 0:
+        raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "a deferred upload cannot end empty here")
+    return replace(upload, length=length)
