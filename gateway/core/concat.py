@@ -48,28 +48,29 @@ class PlannedPart:
 
 def plan_parts(sources: Sequence[tuple[str, int]]) -> list[PlannedPart]:
     """Parts for the concatenation of (key, length) sources, every part but the last >= 5 MiB."""
-    queue = [[key, 0, length] for key, length in sources if length > 0]
+    # What is left of each source: (key, next byte, end).
+    queue = [Piece(key, 0, length) for key, length in sources if length > 0]
     parts: list[PlannedPart] = []
     while queue:
-        key, start, end = queue[0]
-        if end - start >= S3_MIN_PART_SIZE:
-            take = min(end - start, S3_MAX_PART_SIZE)
-            parts.append(PlannedPart(len(parts) + 1, (Piece(key, start, start + take),), copy=True))
-            queue[0][1] += take
+        head = queue[0]
+        if head.size >= S3_MIN_PART_SIZE:
+            take = min(head.size, S3_MAX_PART_SIZE)
+            parts.append(PlannedPart(len(parts) + 1, (Piece(head.key, head.start, head.start + take),), copy=True))
+            queue[0] = Piece(head.key, head.start + take, head.end)
         else:
             pieces: list[Piece] = []
             size = 0
             while queue and size < S3_MIN_PART_SIZE:
-                key, start, end = queue[0]
-                take = min(end - start, S3_MIN_PART_SIZE - size)
-                pieces.append(Piece(key, start, start + take))
+                head = queue[0]
+                take = min(head.size, S3_MIN_PART_SIZE - size)
+                pieces.append(Piece(head.key, head.start, head.start + take))
                 size += take
-                queue[0][1] += take
-                if queue[0][1] == end:
+                queue[0] = Piece(head.key, head.start + take, head.end)
+                if queue[0].size == 0:
                     queue.pop(0)
             parts.append(PlannedPart(len(parts) + 1, tuple(pieces), copy=False))
             continue
-        if queue[0][1] == queue[0][2]:
+        if queue[0].size == 0:
             queue.pop(0)
     return parts
 

@@ -20,7 +20,6 @@ class ErrorCode(enum.Enum):
     INVALID_METADATA = "invalid_metadata"
     INVALID_PART_SIZE = "invalid_part_size"
     INVALID_CHECKSUM_ALGORITHM = "invalid_checksum_algorithm"
-    CONCATENATION_UNSUPPORTED = "concatenation_unsupported"
     INVALID_CONCAT = "invalid_concat"
     UPLOAD_NOT_FINISHED = "upload_not_finished"
     MODIFY_FINAL = "modify_final"
@@ -31,7 +30,6 @@ class ErrorCode(enum.Enum):
     CHECKSUM_REQUIRED = "checksum_required"
     INVALID_OFFSET = "invalid_offset"
     INVALID_CONTENT_TYPE = "invalid_content_type"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
     # auth
     UNAUTHORIZED = "unauthorized"
     # lookup and lifecycle

@@ -160,7 +160,7 @@ class ProxyUploads:
 
 
 class _EmptyBody:
-    length = 0
+    length: int | None = 0
 
     async def read(self, limit: int) -> bytes:
         return b""
