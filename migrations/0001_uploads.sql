@@ -1,4 +1,4 @@
--- Upload state (DESIGN §2). Bytes live in S3; this is the source of truth for offsets and ownership.
+-- Upload state (docs/architecture.md §2). Bytes live in S3; this is the source of truth for offsets and ownership.
 create table uploads (
     id               text primary key,
     owner_iss        text not null,
@@ -55,7 +55,7 @@ create table signed_part_checksums (
     primary key (upload_id, number)
 );
 
--- Proxy path (DESIGN §3.3): the tail of a PATCH that ends inside a part is kept in S3 as immutable
+-- Proxy path (docs/architecture.md §3.3): the tail of a PATCH that ends inside a part is kept in S3 as immutable
 -- segment objects, listed here. Segments of part n are superseded (and deleted from S3) once part n
 -- is committed. Their sizes count in Upload-Offset until then.
 create table upload_stash (

@@ -1,4 +1,4 @@
-"""The gateway's tus and presigned-parts endpoints (DESIGN §3, §3.2) as typed calls with retries."""
+"""The gateway's tus and presigned-parts endpoints (docs/architecture.md §4.1, §4.2) as typed calls with retries."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ _STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 410: "
 
 @dataclass(frozen=True)
 class Plan:
-    """Part n covers [(n-1)*part_size, min(n*part_size, length)) (DESIGN §2)."""
+    """Part n covers [(n-1)*part_size, min(n*part_size, length)) (docs/architecture.md §2)."""
 
     length: int
     part_size: int

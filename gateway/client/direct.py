@@ -105,7 +105,7 @@ class DirectUploader:
             metadata["filetype"] = filetype
         url, part_size = await api.create(self.endpoint, size, metadata, self.part_size)
         self.state.put(key, url)
-        # A new upload holds no parts: no need to ask. Length 0 completes at creation (DESIGN §3.1).
+        # A new upload holds no parts: no need to ask. Length 0 completes at creation (docs/architecture.md §3.1).
         return url, Status("active" if size else "completed", Plan(size, part_size), frozenset()), False
 
     async def _completion(self, api: GatewayApi, url: str, status: Status) -> Status:

@@ -1,4 +1,4 @@
-"""The upload model: states, owners, ids and the fixed part plan (DESIGN §2)."""
+"""The upload model: states, owners, ids and the fixed part plan (docs/architecture.md §2)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ S3_MAX_PARTS = 10_000
 LARGE_FILE = 1 * GiB
 LARGE_FILE_PART_SIZE = 64 * MiB
 
-# Shard number reserved at the front of every id so Postgres can be split later (DESIGN §2).
+# Shard number reserved at the front of every id so Postgres can be split later (docs/architecture.md §2).
 SHARD_PREFIX = "00"
 
 
@@ -70,7 +70,7 @@ def parts_needed(length: int, part_size: int) -> int:
 
 
 def plan_part_size(length: int | None, configured: int, hint: int | None) -> int:
-    """Fixed for the upload's life: every part but the last has this size (DESIGN §2)."""
+    """Fixed for the upload's life: every part but the last has this size (docs/architecture.md §2)."""
     size = hint if hint is not None else configured
     if hint is None and (length is None or length > LARGE_FILE):
         size = max(size, LARGE_FILE_PART_SIZE)

@@ -1,4 +1,4 @@
-"""Bearer JWT verification (DESIGN §3.5): one pinned algorithm per key, `exp` and `aud` required.
+"""Bearer JWT verification (docs/architecture.md §4.5): one pinned algorithm per key, `exp` and `aud` required.
 
 The algorithm comes from the configured key, never from the token header, so `none` and HS/RS
 confusion cannot happen. Several public keys can be configured for rotation, chosen by `kid`

@@ -1,4 +1,4 @@
-"""presigned-parts handlers (DESIGN §3.2): sign, confirm, list."""
+"""presigned-parts handlers (docs/architecture.md §3.2): sign, confirm, list."""
 
 from __future__ import annotations
 

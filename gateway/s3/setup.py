@@ -1,4 +1,4 @@
-"""`gateway s3 setup`: the bucket configuration a deployment needs (DESIGN §5, design_review 23 and 25).
+"""`gateway s3 setup`: the bucket configuration a deployment needs (docs/architecture.md §7.3).
 
 - CORS, so browsers can PUT presigned parts straight to the bucket: PUT/GET/HEAD from the gateway's
   `GATEWAY_CORS_ORIGINS` (`*` when unset), request headers `content-type` (a Blob's type triggers a
@@ -39,7 +39,7 @@ class SetupError(Exception):
 
 
 def lifecycle_days(settings: Settings) -> int:
-    """Longer than any upload's life, with a day to spare for Upload-Expires (design_review 23)."""
+    """Longer than any upload's life, with a day to spare for Upload-Expires."""
     return math.ceil(settings.upload_max_age / DAY) + 2
 
 
