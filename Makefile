@@ -1,12 +1,14 @@
-# Two entry points: `make dev` runs the gateway with embedded Postgres + S3, `make test` runs the tests.
-# Both install what they need into .venv first.
+# Entry points: `make dev` runs the gateway with embedded Postgres + S3, `make test` runs the tests,
+# `make lint` runs ruff and mypy.
+# Each installs what it needs into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: dev test install bench system-deps
+.PHONY: dev test lint install bench system-deps
 
-$(VENV)/.installed: pyproject.toml
+# setup.py is a dependency too: it maps migrations/ and clients/js/ into the package (also for -e).
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -26,6 +28,13 @@ dev: install
 
 test: install system-deps
 	$(PY) -m pytest
+
+# Both linters run (and report) even when the first one finds something.
+lint: install
+	@status=0; \
+	$(VENV)/bin/ruff check gateway tests bench || status=1; \
+	$(VENV)/bin/mypy gateway || status=1; \
+	exit $$status
 
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'

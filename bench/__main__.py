@@ -32,8 +32,8 @@ import asyncpg
 
 from bench import rates, report, scale, signing, throughput
 from bench.common import ROOT, Context, Settings, log
-from bench.servers import DEFAULT_CACHE, all_peers, ensure_node_peers, installed_versions
 from bench.procstat import find_pids, postmaster_pid
+from bench.servers import DEFAULT_CACHE, all_peers, ensure_node_peers, installed_versions
 from bench.stack import running_gateway
 from gateway.config import Settings as GatewaySettings
 from gateway.core.model import plan_part_size
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 section_started = time.monotonic()
                 try:
                     ctx.results[RESULT_KEYS[name]] = SECTIONS[name].run(ctx)
-                except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+                except Exception as exc:  # one broken section must not hide the others
                     failed[name] = f"{type(exc).__name__}: {exc}"[:600]
                     log(traceback.format_exc())
                     for server in peers.values():

@@ -92,7 +92,7 @@ def main() -> None:
         key = _key_of(gw, url.rsplit("/", 1)[-1])
         ok = stored_sha256(gw, key) == expected
         gib = size / 1024**3
-        print(f"\n| file | parallel | killed at | total time | MiB/s (incl. restart) | gateway CPU s/GiB | sha256 |")
+        print("\n| file | parallel | killed at | total time | MiB/s (incl. restart) | gateway CPU s/GiB | sha256 |")
         print("|---|---|---|---|---|---|---|")
         print(f"| {size / 1024**2:.0f} MiB | {args.parallel} | {killed_at:.0%} | {elapsed:.1f} s | "
               f"{size / 1024**2 / elapsed:.0f} | {cpu / gib:.3f} | {'match' if ok else 'MISMATCH'} |")

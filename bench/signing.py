@@ -56,27 +56,26 @@ async def _companion_uploads(base: str, count: int) -> list[tuple[str, str]]:
 
 
 async def _put_probe(url: str, extra_headers: dict[str, str] | None = None) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http:
-        async with http.put(URL(url, encoded=True), data=os.urandom(PROBE_PART),
-                            headers={"Content-Length": str(PROBE_PART), **(extra_headers or {})}) as r:
-            return r.status, (await r.text())[:300]
+    headers = {"Content-Length": str(PROBE_PART), **(extra_headers or {})}
+    async with (aiohttp.ClientSession() as http,
+                http.put(URL(url, encoded=True), data=os.urandom(PROBE_PART), headers=headers) as r):
+        return r.status, (await r.text())[:300]
 
 
 async def _probe_gateway(ctx: Context) -> tuple[int, str]:
     [(path, token)] = await _gateway_uploads(ctx, 1)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{ctx.gw.url}{path}/parts", json={"parts": [1]},
-                             headers={"Authorization": f"Bearer {token}"}) as r:
-            part = (await r.json())["parts"][0]
+    async with (aiohttp.ClientSession() as http,
+                http.post(f"{ctx.gw.url}{path}/parts", json={"parts": [1]},
+                          headers={"Authorization": f"Bearer {token}"}) as r):
+        part = (await r.json())["parts"][0]
     return await _put_probe(part["url"], part["headers"])
 
 
 async def _probe_companion(base: str) -> tuple[int, str]:
     [(upload_id, key)] = await _companion_uploads(base, 1)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/s3/multipart/{upload_id}/batch",
-                            params={"key": key, "partNumbers": "1"}) as r:
-            url = (await r.json())["presignedUrls"]["1"]
+    async with (aiohttp.ClientSession() as http,
+                http.get(f"{base}/s3/multipart/{upload_id}/batch", params={"key": key, "partNumbers": "1"}) as r):
+        url = (await r.json())["presignedUrls"]["1"]
     return await _put_probe(url)
 
 

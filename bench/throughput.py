@@ -54,7 +54,7 @@ def _s3(ctx: Context) -> Any:
 def _object_size(ctx: Context, key: str) -> int | None:
     try:
         return int(_s3(ctx).head_object(Bucket=ctx.gw.stack.s3_bucket, Key=key)["ContentLength"])
-    except Exception:  # noqa: BLE001 - reported as "missing"
+    except Exception:  # reported as "missing"
         return None
 
 

@@ -27,7 +27,16 @@ from gateway.db.repository import PgUploadRepository
 from gateway.hooks import HttpCreateHook, HttpWebhookSender
 from gateway.http.auth import Authenticator
 from gateway.http.demo import setup_demo
-from gateway.http.keys import AUTHENTICATOR, CONCAT, METRICS_SAMPLERS, PROXY, READINESS_CHECKS, SERVICE, SETTINGS
+from gateway.http.keys import (
+    AUTHENTICATOR,
+    CONCAT,
+    METRICS_SAMPLERS,
+    PROXY,
+    READINESS_CHECKS,
+    SERVICE,
+    SETTINGS,
+    Probe,
+)
 from gateway.http.routes import setup_http
 from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
 from gateway.s3.client import s3_client
@@ -120,7 +129,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[PROXY] = services.proxy
         app[CONCAT] = services.concat
         app[BACKGROUND] = background
-        app[READINESS_CHECKS] = {"postgres": repo.ping, "s3": services.store.ping}
+        probes: dict[str, Probe] = {"postgres": repo.ping, "s3": services.store.ping}
+        app[READINESS_CHECKS] = probes
 
         async def sample_gauges() -> None:
             DB_POOL_SIZE.labels("open").set(pool.get_size())
@@ -129,7 +139,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 UPLOADS.labels(state).set(count)
             WEBHOOK_BACKLOG.set(await repo.backlog())
 
-        app[METRICS_SAMPLERS] = [sample_gauges]
+        samplers: list[Probe] = [sample_gauges]
+        app[METRICS_SAMPLERS] = samplers
         jobs = [run_periodically("sweeper", min(settings.sweep_interval, settings.completion_retry_after / 2),
                                  background.sweeper.run_once)]
         if background.dispatcher is not None:

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.add_argument("--data-dir", default=".dev-data", help="where Postgres and S3 keep data")
     dev_parser.add_argument("--port", type=int, default=8080)
     dev_parser.set_defaults(func=dev)
-    sweep_parser = commands.add_parser("sweep", help="run the expiry/cleanup/delivery pass once (serve runs it periodically)")
+    sweep_parser = commands.add_parser(
+        "sweep", help="run the expiry/cleanup/delivery pass once (serve runs it periodically)")
     sweep_parser.set_defaults(func=sweep_command)
     s3_parser = commands.add_parser("s3", help="S3 bucket administration")
     s3_commands = s3_parser.add_subparsers(dest="s3_command", required=True)

@@ -155,8 +155,8 @@ class Settings:
     download_ttl: int = setting(5 * 60, _seconds, lambda v, s: 1 <= v <= 300,
                                 "must be between 1 second and 5 minutes")
     sign_batch_max: int = setting(1000, check=lambda v, s: 1 <= v <= 1000, message="must be between 1 and 1000")
-    jwt_secret: str = setting("", check=lambda v, s: s.auth != "jwt" or bool(v or s.jwt_public_keys) and (
-        not v or len(v.encode()) >= 32), message="set GATEWAY_JWT_SECRET (at least 32 bytes, HS256) or "
+    jwt_secret: str = setting("", check=lambda v, s: s.auth != "jwt" or (bool(v or s.jwt_public_keys) and (
+        not v or len(v.encode()) >= 32)), message="set GATEWAY_JWT_SECRET (at least 32 bytes, HS256) or "
                               "GATEWAY_JWT_PUBLIC_KEY (or GATEWAY_AUTH=none to disable auth)")
     jwt_public_keys: tuple[Path, ...] = setting((), _paths, env="JWT_PUBLIC_KEY")
     jwt_audience: str = setting("", check=lambda v, s: s.auth != "jwt" or bool(v),

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.ports import Event
 from gateway.core.model import Owner
+from gateway.core.ports import Event
 
 SIGNATURE_HEADER = "Gateway-Signature"
 

@@ -35,7 +35,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
         await site.stop()
         try:
             await asyncio.wait_for(app[IN_FLIGHT].idle.wait(), settings.shutdown_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("shutdown timeout: cutting %d request(s)", app[IN_FLIGHT].count)
     finally:
         await runner.cleanup()

@@ -60,7 +60,7 @@ class Completion:
         task = asyncio.ensure_future(self.finish(upload))
         try:
             await asyncio.wait_for(asyncio.shield(task), self.limits.complete_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("completion of %s continues in the background", upload.id)
         except UploadError as exc:
             log.warning("completion of %s left for the worker: %s", upload.id, exc)

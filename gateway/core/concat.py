@@ -14,10 +14,18 @@ from dataclasses import dataclass
 
 from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import (
-    S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, ConfirmedPart, NewUpload, Owner, State, Upload, new_upload_id, object_key,
-)
 from gateway.core.limits import Limits
+from gateway.core.model import (
+    S3_MAX_PART_SIZE,
+    S3_MIN_PART_SIZE,
+    ConfirmedPart,
+    NewUpload,
+    Owner,
+    State,
+    Upload,
+    new_upload_id,
+    object_key,
+)
 from gateway.core.ports import ByteStore, ObjectStore, UploadRepository
 from gateway.core.rules import load_owned
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gateway.core.model import ConfirmedPart, Upload
 from gateway.core.ports import ListedPart, ObjectStore
@@ -14,7 +14,7 @@ from gateway.core.ports import ListedPart, ObjectStore
 LISTING_RETRY_DELAYS = (0.25, 0.75, 1.0)
 PROBE_MAX_PARTS = 3
 LIST_PAGE = 1000
-_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def confirmed(part: ListedPart) -> ConfirmedPart:

@@ -12,7 +12,7 @@ import binascii
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway.core import metadata as md
 from gateway.core.completion import Completion
@@ -20,12 +20,26 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.listing import confirmed, find_parts, list_from
 from gateway.core.model import (
-    S3_MAX_PARTS, ConfirmedPart, NewUpload, Owner, PartChecksum, State, Upload, new_upload_id, object_key,
-    parts_needed, plan_part_size,
+    S3_MAX_PARTS,
+    ConfirmedPart,
+    NewUpload,
+    Owner,
+    PartChecksum,
+    State,
+    Upload,
+    new_upload_id,
+    object_key,
+    parts_needed,
+    plan_part_size,
 )
 from gateway.core.ports import CreateHook, ObjectStore, PartSigner, UploadRepository
 from gateway.core.rules import (
-    RETRY_AFTER_COMPLETING, load_active, load_alive, load_owned, not_found, planned_with_length,
+    RETRY_AFTER_COMPLETING,
+    load_active,
+    load_alive,
+    load_owned,
+    not_found,
+    planned_with_length,
 )
 
 log = logging.getLogger(__name__)
@@ -197,7 +211,7 @@ class UploadService:
         if length is not None:
             upload = await self.completion.declare_length(upload, length)
         limits = self.limits
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         expires_at = now + timedelta(seconds=limits.presign_ttl)
         credentials_end = self.signer.credentials_expire_at()
         if credentials_end is not None:
@@ -206,14 +220,14 @@ class UploadService:
         if expires_in <= 0:
             raise UploadError(ErrorCode.STORAGE_UNAVAILABLE, "signing credentials are about to expire", retry_after=5)
         signed = []
-        for request, checksum in zip(requests, checksums):
+        for request, checksum in zip(requests, checksums, strict=True):
             offset, size = upload.part_range(request.number)
             part = self.signer.sign_part(upload.key, upload.multipart_id or "", request.number,
                                          size if pin_length else None,
                                          checksum_header=checksum, expires_in=expires_in)
             signed.append(SignedPartInfo(request.number, offset, size, part.url, part.headers))
         if numbers:
-            s3_checksums = [(r.number, c[1]) for r, c in zip(requests, checksums)
+            s3_checksums = [(r.number, c[1]) for r, c in zip(requests, checksums, strict=True)
                             if c is not None and upload.part_checksum and upload.part_checksum.is_s3_algorithm]
             recorded = await self.repo.record_signed(upload.id, max(numbers), expires_at, limits.upload_ttl,
                                                      s3_checksums)
@@ -357,4 +371,4 @@ class UploadService:
         ttl = self.limits.download_ttl
         url = self.signer.sign_download(upload.key, filename=md.filename(upload.metadata),
                                         content_type=md.content_type(upload.metadata), expires_in=ttl)
-        return Download(url, datetime.now(timezone.utc) + timedelta(seconds=ttl))
+        return Download(url, datetime.now(UTC) + timedelta(seconds=ttl))

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway.core.completion import CompletionWorker
 from gateway.core.errors import UploadError
@@ -70,7 +70,7 @@ class Sweeper:
         """S3 multipart uploads under our prefix whose row is gone or ended (a crash between
         CreateMultipartUpload and the INSERT, or an abort that failed), after a grace period."""
         store = self.store
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.orphan_grace)
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.orphan_grace)
         aborted = 0
         batch: list[tuple[str, str]] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -25,7 +26,7 @@ _UNAVAILABLE = (
 
 
 @contextlib.asynccontextmanager
-async def translate_db_errors():  # type: ignore[no-untyped-def]
+async def translate_db_errors() -> AsyncIterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:

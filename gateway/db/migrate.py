@@ -11,9 +11,12 @@ from pathlib import Path
 
 import asyncpg
 
+from gateway._data import data_path
+
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+# The repository's migrations/, shipped in the wheel as package data (gateway/_data/migrations).
+MIGRATIONS_DIR = data_path("migrations")
 _LOCK_KEY = 0x6761746577617931  # "gateway1"
 
 

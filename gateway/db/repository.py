@@ -8,15 +8,15 @@ from datetime import datetime
 
 import asyncpg
 
-from gateway.core.ports import Event
 from gateway.core.model import ConfirmedPart, NewUpload, Owner, PartChecksum, StashSegment, State, Upload
-from gateway.core.ports import ConfirmResult, Quota
+from gateway.core.ports import ConfirmResult, Event, Quota
 from gateway.db.errors import translate_db_errors
 from gateway.metrics import BYTES_CONFIRMED
 
 # The stash rows of upload `u`, in order; the one place that reads them for an upload's state.
 _STASH_ROWS = "from upload_stash s where s.upload_id = u.id"
-_STASH_JSON = f"""(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size) order by s.seq), '[]')
+_STASH_JSON = f"""(select coalesce(json_agg(json_build_array(s.part_number, s.seq, s.s3_key, s.size)
+                                             order by s.seq), '[]')
      {_STASH_ROWS})"""
 _STASH_BYTES = f"(select coalesce(sum(s.size), 0) {_STASH_ROWS})"
 _CONFIRMED_BEYOND = """array(select p.number from upload_parts p
@@ -232,7 +232,8 @@ _LIVE_MULTIPART_IDS = """
 _REOPEN = """
     with reopened as (
         update uploads set state = 'active', completing_since = null, updated_at = now(),
-                           prefix_parts = least(prefix_parts, (select coalesce(min(n), 10001) - 1 from unnest($2::integer[]) n))
+                           prefix_parts = least(prefix_parts,
+                                                (select coalesce(min(n), 10001) - 1 from unnest($2::integer[]) n))
         where id = $1 and state = 'completing'
         returning id
     )

@@ -80,7 +80,7 @@ class RequestBodyStream:
     async def read(self, limit: int) -> bytes:
         try:
             return await asyncio.wait_for(self.content.read(limit), self.idle_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BodyInterrupted("no bytes for too long") from None
         except asyncio.CancelledError:
             raise

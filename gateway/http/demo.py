@@ -6,8 +6,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway._data import data_path
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-CLIENT_DIR = Path(__file__).resolve().parent.parent.parent / "clients" / "js"
+CLIENT_DIR = data_path("clients/js")
 
 
 async def index(request: web.Request) -> web.FileResponse:

@@ -19,7 +19,8 @@ PROXY = web.AppKey("proxy", ProxyUploads)
 CONCAT = web.AppKey("concat", Concatenation)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Named probes of the dependencies for /readyz: each raises when its dependency does not answer.
-READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Callable[[], Awaitable[None]]])
+Probe = Callable[[], Awaitable[None]]
+READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, Probe])
 # Refresh scrape-time gauges (uploads by state, backlog, pool) before /metrics answers.
-METRICS_SAMPLERS = web.AppKey("metrics_samplers", list[Callable[[], Awaitable[None]]])
+METRICS_SAMPLERS = web.AppKey("metrics_samplers", list[Probe])
 OWNER = web.RequestKey("owner", Owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -75,10 +76,8 @@ def observability_middleware(log_requests: bool) -> Any:
 
 async def metrics(request: web.Request) -> web.Response:
     for sample in request.app.get(METRICS_SAMPLERS, ()):
-        try:
+        with contextlib.suppress(UploadError):  # a dependency is down: serve the process metrics anyway
             await sample()
-        except UploadError:
-            pass  # a dependency is down: serve the process metrics anyway
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -9,8 +9,8 @@ from aiohttp import web
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import S3_MAX_PARTS, Upload
 from gateway.core.uploads import PartRequest
-from gateway.http.keys import SERVICE
 from gateway.http.common import DIGITS, owner_of, read_json_object, upload_id_of
+from gateway.http.keys import SERVICE
 
 MAX_JSON_BODY = 256 * 1024
 

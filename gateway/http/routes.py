@@ -16,7 +16,13 @@ from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
 from gateway.http.observability import (
-    HEAD_LIMIT, PARTS_LIMIT, InFlight, LimitBucket, RateLimiter, metrics, observability_middleware,
+    HEAD_LIMIT,
+    PARTS_LIMIT,
+    InFlight,
+    LimitBucket,
+    RateLimiter,
+    metrics,
+    observability_middleware,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,10 +111,10 @@ def _guarded(route: Route, limiter: RateLimiter) -> Handler:
     """The handler behind what its route requires: Tus-Resumable, then a token, then its rate limit."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if route.tus and not ietf.is_ietf(request):
-            if request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION:
-                raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
-                                  f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
+        if (route.tus and not ietf.is_ietf(request)
+                and request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION):
+            raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
+                              f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
         if route.auth:
             owner = request.app[AUTHENTICATOR].owner(request.headers.get("Authorization"))
             request[OWNER] = owner

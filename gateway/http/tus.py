@@ -8,7 +8,7 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import format_datetime
 
 from aiohttp import web
@@ -19,7 +19,13 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, PartChecksum, Upload
 from gateway.core.proxy import ExpectedChecksum
 from gateway.http.common import (
-    DIGITS, UPLOAD_ID, RequestBodyStream, owner_of, parse_non_negative, upload_id_of, upload_url,
+    DIGITS,
+    UPLOAD_ID,
+    RequestBodyStream,
+    owner_of,
+    parse_non_negative,
+    upload_id_of,
+    upload_url,
 )
 from gateway.http.keys import CONCAT, PROXY, SERVICE, SETTINGS
 
@@ -258,7 +264,7 @@ async def download(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": result.url, "Cache-Control": "no-store"})
 
 
-def method_override(handlers: dict[str, Handler]) -> Handler:
+def method_override(handlers: Mapping[str, Handler]) -> Handler:
     """POST with X-HTTP-Method-Override is the named method (tus MUST), for clients that cannot send it."""
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

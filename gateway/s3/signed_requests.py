@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
 import re
+from collections.abc import AsyncIterator, Sequence
 from xml.sax.saxutils import escape, unescape
 
 import aiohttp

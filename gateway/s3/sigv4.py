@@ -21,7 +21,7 @@ import hmac
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -245,9 +245,9 @@ class SigV4Signer:
 
     def _scope(self, now: datetime | None) -> tuple[str, _Day]:
         if now is None:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
         elif now.tzinfo is not None:
-            now = now.astimezone(timezone.utc)
+            now = now.astimezone(UTC)
         # Naive datetimes are taken as UTC (as botocore's clock is).
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = self._day
