@@ -57,6 +57,11 @@ class _Source:
     def remaining(self) -> int | None:
         return None if self.body.length is None else self.body.length - self.received
 
+    @property
+    def arrived_whole(self) -> bool:
+        """Read to its end: neither cut nor stalled, nothing of a declared length missing."""
+        return not self.interrupted and self.remaining in (None, 0)
+
     async def has_more(self) -> bool:
         if self.buffer:
             return True
@@ -109,12 +114,18 @@ class ProxyUploads:
     async def patch(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
                     declared_length: int | None = None, checksum: ExpectedChecksum | None = None) -> Upload:
         """tus PATCH: append the body at `offset`, optionally declaring the length first."""
+        upload, _ = await self._write(upload_id, owner, offset, body, declared_length, checksum)
+        return upload
+
+    async def _write(self, upload_id: str, owner: Owner, offset: int, body: RequestBody,
+                     declared_length: int | None, checksum: ExpectedChecksum | None) -> tuple[Upload, bool]:
+        """The upload after the body, and whether the body arrived to its end (not cut or stalled)."""
         upload = await load_alive(self.repo, upload_id, owner)
         if upload.concat == "final":
             raise UploadError(ErrorCode.MODIFY_FINAL, "a final (concatenated) upload cannot be patched")
         if upload.state is not State.ACTIVE:
             if offset == upload.offset and declared_length in (None, upload.length):
-                return upload  # a retried final PATCH: 204 without reading the body
+                return upload, False  # a retried final PATCH: 204 without reading the body
             raise offset_mismatch(upload)
         if offset != upload.offset:
             raise offset_mismatch(upload)
@@ -129,11 +140,12 @@ class ProxyUploads:
         if declared_length is not None:
             upload = await self.completion.declare_length(upload, declared_length)
             if upload.state is not State.ACTIVE:
-                return upload
+                return upload, False
         claimed = await self.repo.claim_writer(upload.id, offset, self.limits.upload_ttl)
         if claimed is None:
             raise offset_mismatch(await load_alive(self.repo, upload_id, owner))
-        return await _Patch(self, claimed, _Source(body, checksum), checksum, limit).run()
+        writer = _Patch(self, claimed, _Source(body, checksum), checksum, limit)
+        return await writer.run(), writer.source.arrived_whole
 
     async def append(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
                      complete: bool) -> Upload:
@@ -147,11 +159,12 @@ class ProxyUploads:
         declared = offset + body.length if complete and body.length is not None else None
         if declared is not None and current.length is not None and declared != current.length:
             raise UploadError(ErrorCode.INCONSISTENT_LENGTH, f"the upload's length is {current.length}")
-        upload = await self.patch(upload_id, owner, offset, body,
-                                  declared_length=declared if current.length is None else None)
-        return await self.end_at_offset(upload) if complete else upload
+        upload, whole = await self._write(upload_id, owner, offset, body,
+                                          declared if current.length is None else None, None)
+        # A body cut short says nothing about the end: the client resumes from the offset.
+        return await self._end_at_offset(upload) if complete and whole else upload
 
-    async def end_at_offset(self, upload: Upload) -> Upload:
+    async def _end_at_offset(self, upload: Upload) -> Upload:
         """Declare that the upload ends where its bytes end (a body of unknown length said it was the
         last); a stash holding the last bytes then becomes the final part."""
         if upload.length is not None or upload.state is not State.ACTIVE:

@@ -114,11 +114,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     location = upload_url(request, upload.id)
     await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
                               "Upload-Draft-Interop-Version": INTEROP_VERSION})
-    proxy = request.app[PROXY]
     if upload.state is State.ACTIVE and request.content_length != 0:
-        upload = await proxy.patch(upload.id, upload.owner, 0, RequestBodyStream(request))
-    if complete:
-        upload = await proxy.end_at_offset(upload)
+        upload = await request.app[PROXY].append(upload.id, upload.owner, 0, RequestBodyStream(request),
+                                                 complete=complete)
     return web.Response(status=201, headers={**_state_headers(request, upload), "Location": location})
 
 
