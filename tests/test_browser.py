@@ -23,16 +23,14 @@ from yarl import URL
 
 from gateway.embedded import StackInfo
 from gateway.http.demo import setup_demo
-from tests.conftest import make_settings, start_gateway, token, upload_id
-from tests.direct import MiB
-from tests.test_direct_adapter import (
-    CountingTcpProxy,
-    install_browser_packages,
-    needs_node,
-    run_node,
-    stored_sha256,
-    write_file,
-)
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import make_settings, start_gateway, upload_id
+from tests.support.js import run_browser_script
+from tests.support.node import node_requirement, write_file
+from tests.support.proxies import TcpProxy
+from tests.support.storage import stored_sha256
+from tests.support.tokens import token
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +39,10 @@ DOCS_SCREENSHOT = ROOT / "docs" / "demo-mid-upload.png"
 PART = 5 * MiB
 SIZE = 50 * 1000 * 1000  # "a 50 MB file": 10 parts of 5 MiB
 
-pytestmark = needs_node
+pytestmark = node_requirement("the browser tests")
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.is_file(),
     reason="the browser tests need Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
-
-
-@pytest.fixture(scope="session")
-def browser_packages() -> Path:
-    return install_browser_packages()
 
 
 @needs_chromium
@@ -57,7 +50,7 @@ async def test_demo_page_uploads_resumes_after_reload_and_links_the_object(
         stack: StackInfo, db: Any, s3: Any, tmp_path: Path, browser_packages: Path) -> None:
     path = tmp_path / "holiday-video.bin"
     digest = write_file(path, SIZE)
-    proxy = CountingTcpProxy("127.0.0.1", 0)
+    proxy = TcpProxy(0)  # its target is set once the gateway runs
     await proxy.start()
     try:
         origin = proxy.url  # the page's origin: the gateway, as the browser sees it
@@ -72,7 +65,7 @@ async def test_demo_page_uploads_resumes_after_reload_and_links_the_object(
             screenshots = [str(OUTPUT / "demo-mid-upload.png")]
             if not DOCS_SCREENSHOT.exists() or os.environ.get("GATEWAY_UPDATE_SCREENSHOTS") == "1":
                 screenshots.append(str(DOCS_SCREENSHOT))
-            result = await run_node("e2e.mjs", {
+            result = await run_browser_script("e2e.mjs", {
                 "pageUrl": f"{origin}/#token={token('browser-user', ttl=3600)}",
                 "file": str(path), "size": SIZE, "partSize": PART, "parallel": 2,
                 "throttle": 12 * MiB,  # bytes/s until the reload: the 50 MB take ~4 s
@@ -101,8 +94,7 @@ async def test_demo_page_uploads_resumes_after_reload_and_links_the_object(
 
             # The bytes went to S3, not through the gateway: it got the page, JSON and headers.
             assert 0 < proxy.upstream < 512 * 1024, proxy.upstream
-            row = await db.fetchrow("select part_size, length from uploads where id = $1",
-                                    upload_id(after["uploadUrl"]))
+            row = await upload_row(db, upload_id(after["uploadUrl"]))
             assert (row["part_size"], row["length"]) == (PART, SIZE)
             for name in screenshots:
                 assert Path(name).stat().st_size > 10_000, name
@@ -132,7 +124,7 @@ async def test_demo_page_on_another_origin_goes_through_the_gateways_cors(
         gw = await anext(gateways)
         try:
             assert URL(gw.url).port != URL(origin).port
-            result = await run_node("e2e.mjs", {
+            result = await run_browser_script("e2e.mjs", {
                 "pageUrl": f"{origin}/#token={token('browser-user', ttl=3600)}&endpoint={quote(gw.files(), safe='')}",
                 "file": str(path), "size": size, "partSize": PART, "parallel": 3, "throttle": -1, "chunk": 3 * MiB,
                 "reload": False, "screenshots": [],

@@ -21,9 +21,11 @@ from gateway.client import DirectUploader, UploadFailed, UploadResult
 from gateway.client.api import GatewayApi, SignedPart, Status
 from gateway.client.state import ResumeState, fingerprint
 from gateway.client.transfer import PartTransfer
-from tests.conftest import Gateway, auth, token, upload_id
+from tests.support import MiB
+from tests.support.gateway import Gateway
+from tests.support.storage import stored_sha256
+from tests.support.tokens import auth, token
 
-MiB = 1024 * 1024
 PART = 5 * MiB
 
 
@@ -35,12 +37,6 @@ def random_file(path: Path, size: int) -> str:
     data = os.urandom(size)
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-async def stored_sha256(db: asyncpg.Connection, s3: Any, url: str) -> str:
-    row = await db.fetchrow("select bucket, s3_key from uploads where id = $1", upload_id(url))
-    body = await asyncio.to_thread(lambda: s3.get_object(Bucket=row["bucket"], Key=row["s3_key"])["Body"].read())
-    return hashlib.sha256(body).hexdigest()
 
 
 def counting_s3_puts(puts: list[int], *, interrupt_after: int | None = None) -> TraceConfig:

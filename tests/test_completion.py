@@ -1,4 +1,4 @@
-"""Completion state machine (DESIGN §3.4): exactly once, recovered after crashes, never a false success."""
+"""Completion state machine (docs/architecture.md §3.4): exactly once, recovered after crashes, never a false success."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import os
 from gateway.app import BACKGROUND
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.http.keys import SERVICE
-from tests.conftest import Gateway, auth, upload_id
-from tests.direct import MiB, confirm, put_part, sha256, sign_ok, stored_bytes
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.direct import confirm, put_part, sign_ok
+from tests.support.gateway import Gateway, upload_id
+from tests.support.storage import sha256, stored_bytes
+from tests.support.tokens import auth
 
 PART = 5 * MiB
 HINT = {"Upload-Part-Size": str(PART)}
@@ -45,37 +49,37 @@ async def run_worker(gateway: Gateway) -> int:
 async def test_worker_completes_what_a_request_left(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(PART + 100)
     location = await left_completing(gateway, data)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["state"] == "completing"
     async with gateway.http.get(location, headers=auth()) as response:
         assert response.status == 409 and response.headers["Retry-After"]
     async with gateway.http.delete(location, headers=auth()) as response:
         assert response.status == 409 and response.headers["Retry-After"]
     assert await run_worker(gateway) >= 1
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "completed"
+    assert (await upload_row(db, upload_id(location)))["state"] == "completed"
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
 
 
 async def test_complete_succeeded_before_crash(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(PART + 100)
     location = await left_completing(gateway, data)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     parts = await db.fetch("select number, etag from upload_parts where upload_id = $1 order by number", row["id"])
     # S3 completed the upload, then the process died before recording it: a retry sees NoSuchUpload.
     s3.complete_multipart_upload(Bucket=row["bucket"], Key=row["s3_key"], UploadId=row["multipart_id"],
                                  MultipartUpload={"Parts": [{"PartNumber": p["number"], "ETag": p["etag"]}
                                                             for p in parts]})
     await run_worker(gateway)
-    assert await db.fetchval("select state from uploads where id = $1", row["id"]) == "completed"
+    assert (await upload_row(db, row["id"]))["state"] == "completed"
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
 
 
 async def test_vanished_multipart_upload_is_failed_not_completed(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     location = await left_completing(gateway, os.urandom(PART + 100))
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     s3.abort_multipart_upload(Bucket=row["bucket"], Key=row["s3_key"], UploadId=row["multipart_id"])
     await run_worker(gateway)
-    after = await db.fetchrow("select state, failure_reason from uploads where id = $1", row["id"])
+    after = await upload_row(db, row["id"])
     assert after["state"] == "failed" and after["failure_reason"]
     async with gateway.http.head(location, headers=auth()) as response:
         assert response.status == 410
@@ -87,4 +91,4 @@ async def test_worker_leases_rows(gateway: Gateway, db) -> None:  # type: ignore
     worker.stale_after = 3600  # just claimed rows are not claimed again by another instance
     await db.execute("update uploads set completing_since = now() where id = $1", upload_id(location))
     assert await worker.run_once() == 0
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "completing"
+    assert (await upload_row(db, upload_id(location)))["state"] == "completing"

@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from gateway.core.concat import plan_parts
-from tests.conftest import Gateway, auth, upload_id
-from tests.direct import MiB, sha256, stored_bytes, stored_sha256
-from tests.test_js_clients import js_packages, run_node, tus_options, write_file  # noqa: F401
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, upload_id
+from tests.support.js import run_js, tus_options
+from tests.support.node import write_file
+from tests.support.storage import sha256, stored_bytes, stored_sha256
+from tests.support.tokens import auth
+
+# tests/js/node_modules (tus-js-client's parallelUploads below), installed for the whole module.
+pytestmark = pytest.mark.usefixtures("js_packages")
 
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
@@ -55,7 +62,7 @@ async def test_final_upload_assembled_in_s3(gateway: Gateway, db, s3) -> None:  
     async with await final(gateway, locations, **{"Upload-Metadata": "filename YWxsLmJpbg=="}) as response:
         assert response.status == 201
         location = response.headers["Location"]
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["state"] == "completed" and row["concat"] == "final" and row["length"] == sum(map(len, pieces))
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(b"".join(pieces))
     async with gateway.http.head(location, headers=auth()) as response:
@@ -75,7 +82,7 @@ async def test_relative_urls_and_repeated_partials(gateway: Gateway, db, s3) -> 
     async with await final(gateway, [relative, location, relative]) as response:
         assert response.status == 201
         final_location = response.headers["Location"]
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(final_location))
+    row = await upload_row(db, upload_id(final_location))
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(piece * 3)
 
 
@@ -104,7 +111,7 @@ async def test_bad_finals(gateway: Gateway, db, case: str) -> None:  # type: ign
 async def test_tus_js_client_parallel_uploads(gateway: Gateway, db, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "parallel.bin"
     digest = write_file(path, 23 * MiB + 11)
-    result = await run_node("tus_upload.mjs", tus_options(gateway, path, parallelUploads=4))
+    result = await run_js("tus_upload.mjs", tus_options(gateway, path, parallelUploads=4))
     finals = [r for r in result["requests"] if r["method"] == "POST" and
               r["headers"].get("Upload-Concat", "").startswith("final;")]
     assert len(finals) == 1 and finals[0]["status"] == 201, [(r["method"], r["headers"]) for r in result["requests"]]

@@ -11,15 +11,15 @@ import random
 import pytest
 
 from gateway.http.keys import SERVICE
-from tests.conftest import Gateway, auth, make_settings, start_gateway, upload_id
-from tests.direct import MiB, confirm, offset, put_part, sha256, sign, sign_ok, stored_bytes, upload_direct
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.direct import confirm, offset, put_part, sign, sign_ok, upload_direct
+from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.storage import sha256, stored_bytes
+from tests.support.tokens import auth
 
 PART = 5 * MiB
 HINT = {"Upload-Part-Size": str(PART)}
-
-
-async def row(db, location: str):  # type: ignore[no-untyped-def]
-    return await db.fetchrow("select * from uploads where id = $1", upload_id(location))
 
 
 async def test_multipart_upload_end_to_end(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
@@ -36,7 +36,7 @@ async def test_multipart_upload_end_to_end(gateway: Gateway, db, s3) -> None:  #
         assert status == 204
         offsets.append(int(new_offset or -1))
     assert offsets == [PART, 2 * PART, 3 * PART, len(data)]
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed"
     assert sha256(stored_bytes(s3, gateway.settings.s3_bucket, upload["s3_key"])) == sha256(data)
     async with gateway.http.head(location, headers=auth()) as response:
@@ -60,7 +60,7 @@ async def test_out_of_order_and_parallel(gateway: Gateway, db, s3) -> None:  # t
     results = await asyncio.gather(*(confirm(gateway, location, n) for n in (6, 5, 4)))
     assert all(status == 204 for status, _ in results)
     assert await offset(gateway, location) == len(data)
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed"
     assert sha256(stored_bytes(s3, gateway.settings.s3_bucket, upload["s3_key"])) == sha256(data)
 
@@ -74,7 +74,7 @@ async def test_batch_confirm(gateway: Gateway, db) -> None:  # type: ignore[no-u
     async with gateway.http.put(f"{location}/parts", json={"parts": [3, 1, 2]}, headers=auth()) as response:
         assert response.status == 204
         assert response.headers["Upload-Offset"] == str(3 * PART)
-    assert (await row(db, location))["prefix_parts"] == 3
+    assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 3
 
 
 async def test_lost_confirm_recovered_by_head_and_listing(gateway: Gateway, db) -> None:  # type: ignore[no-untyped-def]
@@ -113,20 +113,20 @@ async def test_wrong_size_part_refused_by_s3(gateway: Gateway, db) -> None:  # t
     assert await put_part(gateway, part, os.urandom(PART - 1)) == 403
     status, _ = await confirm(gateway, location, 1)
     assert status == 409
-    assert (await row(db, location))["prefix_parts"] == 0
+    assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 0
     assert await offset(gateway, location) == 0
 
 
 async def test_size_mismatch_is_409(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(2 * PART, **HINT)
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     # A part of the wrong size reaches S3 by another route; confirm must not count it.
     s3.upload_part(Bucket=upload["bucket"], Key=upload["s3_key"], UploadId=upload["multipart_id"],
                    PartNumber=1, Body=b"x" * 1000)
     async with gateway.http.put(f"{location}/parts/1", headers=auth()) as response:
         assert response.status == 409
         assert (await response.json())["error"]["code"] == "size_mismatch"
-    assert (await row(db, location))["prefix_parts"] == 0
+    assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 0
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "md5"])
@@ -148,7 +148,7 @@ async def test_corrupted_part_refused_by_checksum(gateway: Gateway, db, s3, algo
     assert await put_part(gateway, signed[2], second) == 200
     assert await confirm(gateway, location, 1) == (204, str(PART))
     assert await confirm(gateway, location, 2) == (204, str(len(data)))
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed"
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
@@ -172,7 +172,7 @@ async def test_concurrent_confirms_complete_exactly_once(gateway: Gateway, db, s
     results = await asyncio.gather(*(confirm(gateway, location, 2) for _ in range(50)))
     assert results == [(204, str(len(data)))] * 50
     assert len(calls) == 1
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed"
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
@@ -187,7 +187,7 @@ async def test_expired_url_refused_and_resigned(stack, db, s3) -> None:  # type:
         fresh = (await sign_ok(gw, location, [1]))[1]
         assert await put_part(gw, fresh, data) == 200
         assert await confirm(gw, location, 1) == (204, str(len(data)))
-        upload = await row(db, location)
+        upload = await upload_row(db, upload_id(location))
         assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
 
@@ -197,7 +197,7 @@ async def test_exact_multiple_of_part_size(gateway: Gateway, db, s3) -> None:  #
     status, body = await sign(gateway, location, [3])
     assert status == 400 and body["error"]["code"] == "unknown_part"
     await upload_direct(gateway, location, data, PART)
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed"
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
@@ -218,7 +218,7 @@ async def test_deferred_length(gateway: Gateway, db, s3) -> None:  # type: ignor
     assert status == 400
     assert await put_part(gateway, last, data[2 * PART:]) == 200
     assert await confirm(gateway, location, 3) == (204, str(len(data)))
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert upload["state"] == "completed" and upload["length"] == len(data)
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
@@ -250,11 +250,11 @@ async def test_signing_confirmed_part_is_409(gateway: Gateway) -> None:
 ])
 async def test_bad_sign_requests(gateway: Gateway, db, body: dict, code: str) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(2 * PART, **HINT)
-    before = await row(db, location)
+    before = await upload_row(db, upload_id(location))
     async with gateway.http.post(f"{location}/parts", json=body, headers=auth()) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == code
-    after = await row(db, location)
+    after = await upload_row(db, upload_id(location))
     assert (after["signed_max_part"], after["expires_at"]) == (before["signed_max_part"], before["expires_at"])
 
 
@@ -297,7 +297,7 @@ async def test_other_owner_cannot_sign_confirm_or_list(gateway: Gateway, db) -> 
         assert response.status == 404
     async with gateway.http.get(location, headers=auth("mallory")) as response:
         assert response.status == 404
-    assert (await row(db, location))["signed_max_part"] == 0
+    assert (await upload_row(db, upload_id(location)))["signed_max_part"] == 0
 
 
 async def test_download(gateway: Gateway) -> None:
@@ -334,7 +334,7 @@ async def test_random_order_many_parts_with_duplicates(gateway: Gateway, db, s3)
         assert await put_part(gateway, part, data[part["offset"]:part["offset"] + part["length"]]) == 200
     async with gateway.http.put(f"{location}/parts", json={"parts": order}, headers=auth()) as response:
         assert response.status == 204 and response.headers["Upload-Offset"] == str(len(data))
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     assert sha256(stored_bytes(s3, upload["bucket"], upload["s3_key"])) == sha256(data)
 
 
@@ -342,7 +342,7 @@ async def test_confirm_sees_every_part_when_the_store_lists_by_name(gateway: Gat
     """SeaweedFS lists parts by file name (10000 sorts before 1000): a batch confirm must still see
     parts 1000..1005 rather than call them missing."""
     location = await gateway.create(None, **HINT)
-    upload = await row(db, location)
+    upload = await upload_row(db, upload_id(location))
     for number in [*range(1, 1006), 10000]:  # tiny parts: what is observable is which ones are seen
         s3.upload_part(Bucket=upload["bucket"], Key=upload["s3_key"], UploadId=upload["multipart_id"],
                        PartNumber=number, Body=b"x")

@@ -7,31 +7,30 @@ tests see where the bytes went: the file's bytes into S3, only headers and JSON 
 The S3 proxy can also refuse one part with 403, as S3 does with an expired URL.
 
 tests/browser/node_modules is installed from tests/browser/package-lock.json by the session fixture
-`browser_packages` (tests/test_browser.py shares `install_browser_packages`).
+`browser_packages` (tests/conftest.py; tests/test_browser.py uses it too).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, ClientTimeout, web
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from gateway.embedded import StackInfo
-from tests.conftest import Gateway, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, stored_sha256
-from tests.node import node_requirement, npm_ci, run_script, write_file
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, make_settings, running, upload_id
+from tests.support.js import run_browser_script
+from tests.support.node import node_requirement, write_file
+from tests.support.proxies import S3Proxy, TcpProxy
+from tests.support.storage import stored_sha256
+from tests.support.tokens import token
 
-BROWSER_DIR = Path(__file__).parent / "browser"
-NODE_TIMEOUT = 180.0
 PART = 5 * MiB
 SIZE = 23 * MiB + 12_345  # 5 parts: four of 5 MiB and a short last one
 
@@ -40,148 +39,11 @@ needs_node = node_requirement("the JS adapter tests")
 pytestmark = needs_node
 
 
-@functools.cache
-def install_browser_packages() -> Path:
-    """tests/browser/node_modules, pinned; playwright-core never downloads a browser by itself."""
-    return npm_ci(BROWSER_DIR, ("tus-js-client", "playwright-core"))
-
-
-@pytest.fixture(scope="session")
-def browser_packages() -> Path:
-    return install_browser_packages()
-
-
-async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
-    """Run a tests/browser script with JSON options; its last stdout line is the JSON result."""
-    return await run_script(BROWSER_DIR, script, options, timeout)
-
-
-# -- proxies that count bytes -----------------------------------------------------------------------
-
-
-class CountingTcpProxy:
-    """A plain TCP relay: `upstream` counts every byte clients sent to the target (headers and bodies)."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.upstream = 0
-        self.downstream = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            target_reader, target_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            self._tasks.discard(task)
-            return
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if up:
-                        self.upstream += len(data)
-                    else:
-                        self.downstream += len(data)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        try:
-            await asyncio.gather(pump(reader, target_writer, True), pump(target_reader, writer, False))
-        finally:
-            self._tasks.discard(task)
-
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
-               "proxy-connection"}
-
-
-@dataclass
-class CountingS3Proxy:
-    """An HTTP relay in front of S3 that counts PUT body bytes and can refuse chosen part PUTs with 403."""
-
-    target: str
-    put_bytes: int = 0
-    puts: int = 0
-    refused: list[int] = field(default_factory=list)
-    refuse_once: set[int] = field(default_factory=set)  # part numbers whose first PUT gets 403
-    server: TestServer | None = None
-    session: ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("")).rstrip("/")
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        assert self.session is not None
-        body = await request.read()
-        if request.method == "PUT":
-            self.puts += 1
-            self.put_bytes += len(body)
-            number = int(request.query.get("partNumber", "0"))
-            if number in self.refuse_once:
-                self.refuse_once.discard(number)
-                self.refused.append(number)
-                return web.Response(status=403, content_type="application/xml", text=(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>"
-                    "<Message>Request has expired</Message></Error>"))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        target = URL(self.target + request.raw_path, encoded=True)
-        async with self.session.request(request.method, target, headers=headers, data=body or None,
-                                        allow_redirects=False) as answer:
-            data = await answer.read()
-            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-            return web.Response(status=answer.status, body=data, headers=out)
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * MiB)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.session = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=120),
-                                     skip_auto_headers=("User-Agent", "Accept-Encoding"))
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-        if self.session is not None:
-            await self.session.close()
-
-
 @dataclass
 class Setup:
     gateway: Gateway
-    proxy: CountingTcpProxy
-    s3_proxy: CountingS3Proxy
+    proxy: TcpProxy
+    s3_proxy: S3Proxy
 
     @property
     def endpoint(self) -> str:
@@ -190,26 +52,13 @@ class Setup:
 
 @contextlib.asynccontextmanager
 async def proxied_gateway(stack: StackInfo, **overrides: Any) -> AsyncIterator[Setup]:
-    s3_proxy = CountingS3Proxy(stack.s3_endpoint_url)
-    await s3_proxy.start()
-    try:
+    async with S3Proxy(stack.s3_endpoint_url) as s3_proxy:
         settings = make_settings(stack, part_size=PART, s3_public_endpoint_url=s3_proxy.url, **overrides)
-        gateways = start_gateway(settings)
-        gw = await anext(gateways)
-        try:
+        async with running(settings) as gw:
             port = URL(gw.url).port
             assert port is not None
-            proxy = CountingTcpProxy("127.0.0.1", port)
-            await proxy.start()
-            try:
+            async with TcpProxy(port) as proxy:
                 yield Setup(gw, proxy, s3_proxy)
-            finally:
-                await proxy.close()
-        finally:
-            with contextlib.suppress(StopAsyncIteration):
-                await anext(gateways)  # start_gateway's own cleanup: close the server
-    finally:
-        await s3_proxy.close()
 
 
 def assert_bytes_went_to_s3(setup: Setup, size: int, result: dict[str, Any]) -> None:
@@ -231,7 +80,7 @@ async def test_tus_js_client_uploads_straight_to_s3(stack: StackInfo, db: Any, s
     path = tmp_path / "big.bin"
     digest = write_file(path, SIZE)
     async with proxied_gateway(stack) as setup:
-        result = await run_node("adapter_node.mjs", {
+        result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": chunk_size, "parallel": 4, "input": source})
         assert await stored_sha256(db, s3, result["url"]) == digest
@@ -251,7 +100,7 @@ async def test_expired_url_is_signed_again(stack: StackInfo, db: Any, s3: Any, t
     digest = write_file(path, SIZE)
     async with proxied_gateway(stack) as setup:
         setup.s3_proxy.refuse_once = {3}
-        result = await run_node("adapter_node.mjs", {
+        result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": None, "parallel": 2, "input": "stream"})
         assert setup.s3_proxy.refused == [3]
@@ -266,7 +115,7 @@ async def test_abort_and_resume_from_the_servers_offset(stack: StackInfo, db: An
     path = tmp_path / "big.bin"
     digest = write_file(path, SIZE)
     async with proxied_gateway(stack) as setup:
-        result = await run_node("adapter_node.mjs", {
+        result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": None, "parallel": 1, "input": "stream", "abortAtBytes": PART})
         # The second tus.Upload asked HEAD and went on from a part boundary past 0.
@@ -291,7 +140,7 @@ async def test_deferred_length(stack: StackInfo, db: Any, s3: Any, tmp_path: Pat
     path = tmp_path / "stream.bin"
     digest = write_file(path, size)
     async with proxied_gateway(stack) as setup:
-        result = await run_node("adapter_node.mjs", {
+        result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": chunk_size, "parallel": 2, "input": source, "deferred": True, "partSize": PART})
         assert await stored_sha256(db, s3, result["url"]) == digest
@@ -309,11 +158,11 @@ async def test_crc32c_part_checksums_and_creation_with_upload(stack: StackInfo, 
     size = 11 * MiB + 3
     digest = write_file(path, size)
     async with proxied_gateway(stack) as setup:
-        result = await run_node("adapter_node.mjs", {
+        result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": 6 * MiB, "parallel": 2, "input": "buffer", "checksum": "crc32c",
             "uploadDataDuringCreation": True})
-        row = await db.fetchrow("select part_checksum from uploads where id = $1", upload_id(result["url"]))
+        row = await upload_row(db, upload_id(result["url"]))
         assert row["part_checksum"] == "crc32c"
         assert await stored_sha256(db, s3, result["url"]) == digest
         assert_bytes_went_to_s3(setup, size, result)

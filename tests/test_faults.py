@@ -9,23 +9,25 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from gateway.client import DirectUploader, UploadFailed
-from gateway.embedded import EmbeddedPostgres, EmbeddedSeaweed, StackInfo, free_port
 from gateway.db.migrate import migrate
-from tests.conftest import TUS, token
-from tests.processes import GatewayProcess
+from gateway.embedded import EmbeddedPostgres, EmbeddedSeaweed, StackInfo, free_port
+from tests.support import MiB
+from tests.support.processes import GatewayProcess
+from tests.support.storage import stored_sha256
+from tests.support.tokens import TUS, bearer, token
 
-MiB = 1024 * 1024
 PART = 5 * MiB
 TRANSIENT = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def headers(subject: str = "fault-tester") -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(subject, ttl=3600)}", **TUS}
+    return {**bearer(subject, ttl=3600), **TUS}
 
 
 @pytest.fixture
@@ -80,22 +82,8 @@ async def direct_upload(gw: GatewayProcess, path: Path, state: Path, deadline: f
     raise AssertionError("direct upload did not finish in time")
 
 
-async def stored_sha256(gw: GatewayProcess, location: str) -> str:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(100):  # completion may still be running after a kill
-            async with http.get(location, headers={**headers(), "Accept": "application/json"}) as r:
-                if r.status == 200:
-                    url = (await r.json())["url"]
-                    break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError(f"{location} never completed: {r.status} {await r.text()}")
-        from yarl import URL
-        async with http.get(URL(url, encoded=True)) as r:
-            return hashlib.sha256(await r.read()).hexdigest()
-
-
-async def test_kill_9_at_random_points_loses_nothing(gateway_process: GatewayProcess, tmp_path: Path) -> None:
+async def test_kill_9_at_random_points_loses_nothing(gateway_process: GatewayProcess, db: Any, s3: Any,
+                                                     tmp_path: Path) -> None:
     gw = gateway_process
     rng = random.Random(7)
     files = []
@@ -118,7 +106,8 @@ async def test_kill_9_at_random_points_loses_nothing(gateway_process: GatewayPro
     locations = await asyncio.gather(*tasks)
     assert kills >= 2
     for (path, data), location in zip(files, locations):
-        assert await stored_sha256(gw, location) == hashlib.sha256(data).hexdigest(), path.name
+        # completion may still be running after a kill
+        assert await stored_sha256(db, s3, location, wait=20) == hashlib.sha256(data).hexdigest(), path.name
 
 
 async def test_postgres_restart_gives_503s_and_loses_no_offset(stack: StackInfo, tmp_path: Path) -> None:
@@ -231,9 +220,8 @@ async def test_sigterm_lets_inflight_patch_finish(gateway_process: GatewayProces
         gw.process.send_signal(15)
         await asyncio.sleep(0.5)
         with pytest.raises(TRANSIENT):  # no new requests once shutting down
-            async with aiohttp.ClientSession() as fresh:
-                async with fresh.get(f"{gw.url}/healthz") as r:
-                    await r.read()
+            async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/healthz") as r:
+                await r.read()
         release.set()
         assert await inflight == 204
         assert await asyncio.to_thread(gw.process.wait, 30) == 0

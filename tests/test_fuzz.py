@@ -1,7 +1,7 @@
 """Property-based fuzzing of every endpoint: headers, paths and JSON bodies from hypothesis.
 
 One real gateway (Postgres + SeaweedFS) runs in a background thread for the whole module
-(`tests.threaded`); requests go out synchronously with `http.client`, so header values reach the
+(`tests.support.threaded`); requests go out synchronously with `http.client`, so header values reach the
 server byte for byte (VCHAR, SP and obs-text 0x80-0xFF, never CR/LF). For every request:
 
 - never a 500, nor any 5xx except a 503 that carries Retry-After;
@@ -37,13 +37,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, note, settings
 from hypothesis import strategies as st
 
-import gateway.core.uploads as core_uploads
-from gateway.core import metadata as gateway_metadata
+import gateway.core.listing as core_listing
 from gateway.embedded import StackInfo
-from tests.conftest import TUS, make_settings, token
-from tests.threaded import Reply, ThreadedGateway
+from gateway.http import tus as tus_wire
+from tests.support import MiB
+from tests.support.gateway import make_settings
+from tests.support.threaded import Reply, ThreadedGateway
+from tests.support.tokens import TUS, token
 
-MiB = 1024 * 1024
 PART = 5 * MiB
 OCTETS = "application/offset+octet-stream"
 SCALE = float(os.environ.get("GATEWAY_FUZZ_SCALE", "1"))
@@ -191,8 +192,8 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def fz(stack: StackInfo) -> Iterator[Fuzz]:
     # Confirming a part S3 does not hold retries ListParts for ~2 s (LISTING_RETRY_DELAYS); one look is
     # enough here and keeps hundreds of such examples fast. Restored afterwards.
-    saved_delays = core_uploads.LISTING_RETRY_DELAYS
-    core_uploads.LISTING_RETRY_DELAYS = ()
+    saved_delays = core_listing.LISTING_RETRY_DELAYS
+    core_listing.LISTING_RETRY_DELAYS = ()
     settings_ = make_settings(
         stack, rate_limit_parts=0, rate_limit_head=0, access_log=False, cors_origins=("*",),
         # No sweeper/completion worker run during the module: rows change only through requests.
@@ -210,7 +211,7 @@ def fz(stack: StackInfo) -> Iterator[Fuzz]:
             yield fuzz
             cleanup(fuzz)
     finally:
-        core_uploads.LISTING_RETRY_DELAYS = saved_delays
+        core_listing.LISTING_RETRY_DELAYS = saved_delays
 
 
 def cleanup(fuzz: Fuzz) -> None:
@@ -545,7 +546,7 @@ def test_fuzz_creation(fz: Fuzz, tus: str | None, request: tuple[str, list[tuple
     head = fz.gw.request("HEAD", fz.gw.files(f"/{upload_id}"), auth)
     assert head.status == 200, head.status
     echoed = head.header("Upload-Metadata")
-    expected = gateway_metadata.parse_metadata(server_view(meta)) if meta else {}
+    expected = tus_wire.parse_metadata(server_view(meta)) if meta else {}
     if not expected:
         assert echoed is None
     else:
@@ -554,7 +555,7 @@ def test_fuzz_creation(fz: Fuzz, tus: str | None, request: tuple[str, list[tuple
         assert re.fullmatch(rf"{pair}(,{pair})*", echoed), echoed
         pairs_echoed = [item.split(" ") for item in echoed.split(",")]
         assert [p[0] for p in pairs_echoed] == list(expected)
-    key = fz.gw.fetchval("select s3_key from uploads where id = $1", upload_id)
+    key = fz.gw.upload_row(upload_id)["s3_key"]
     assert key == f"{fz.gw.settings.s3_key_prefix}/{upload_id[2:4]}/{upload_id}"
     fz.discard(upload_id, fz.creator_token)
 

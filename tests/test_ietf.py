@@ -9,8 +9,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Gateway, auth, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, sha256, stored_bytes
+from tests.support import MiB, tokens
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.storage import sha256, stored_bytes
+from tests.support.tokens import auth
 
 DRAFT = {"Upload-Draft-Interop-Version": "8"}
 PART = 5 * MiB
@@ -24,7 +27,7 @@ async def gateway(stack):  # type: ignore[no-untyped-def]
 
 
 def bearer(subject: str = "alice") -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(subject)}", **DRAFT}
+    return {**tokens.bearer(subject), **DRAFT}
 
 
 async def raw_request(gw: Gateway, head: str, body: bytes = b"", *, send: int | None = None,
@@ -73,7 +76,7 @@ async def test_creation_of_a_whole_upload_with_104(gateway: Gateway, db, s3) -> 
     assert interim == 104 and interim_headers["location"].endswith(final_headers["location"].rsplit("/", 1)[-1])
     assert "max-size=" in interim_headers["upload-limit"]
     assert final == 201 and final_headers["upload-complete"] == "?1"
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(final_headers["location"]))
+    row = await upload_row(db, upload_id(final_headers["location"]))
     assert row["state"] == "completed"
     assert json.loads(row["metadata"]) == {"filename": "file name.jpg", "filetype": "image/jpeg"}
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
@@ -105,7 +108,7 @@ async def test_partial_creation_then_appends(gateway: Gateway, db, s3) -> None: 
             **bearer(), "Content-Type": "application/partial-upload", "Upload-Offset": str(len(first)),
             "Upload-Complete": "?1"}) as response:
         assert response.status == 204 and response.headers["Upload-Complete"] == "?1"
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
     # Appending to a completed upload.
     async with gateway.http.patch(location, data=b"more", headers={
@@ -134,7 +137,7 @@ async def test_resume_after_cut_connection(gateway: Gateway, db, s3) -> None:  #
             **bearer(), "Content-Type": "application/partial-upload", "Upload-Offset": str(offset),
             "Upload-Complete": "?1"}) as response:
         assert response.status == 204 and response.headers["Upload-Complete"] == "?1"
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["state"] == "completed" and row["length"] == len(data)
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
 
@@ -149,7 +152,7 @@ async def test_length_from_completion_of_a_chunked_body(gateway: Gateway, db, s3
     async with gateway.http.post(gateway.files(), data=chunks(), headers={**bearer(), "Upload-Complete": "?1"}) as r:
         assert r.status == 201 and r.headers["Upload-Complete"] == "?1"
         location = r.headers["Location"]
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["length"] == len(data) and row["state"] == "completed"
     assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
 
@@ -160,7 +163,7 @@ async def test_empty_creation_then_cancel(gateway: Gateway, db) -> None:  # type
         location = response.headers["Location"]
     async with gateway.http.delete(location, headers=bearer()) as response:
         assert response.status == 204
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "terminated"
+    assert (await upload_row(db, upload_id(location)))["state"] == "terminated"
 
 
 async def test_draft_errors_are_problem_documents(gateway: Gateway) -> None:

@@ -9,12 +9,10 @@ tests/js/package-lock.json; without Node the module is skipped, but a failed ins
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,33 +20,20 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from asyncpg import Connection
 
-from gateway.config import Settings
 from gateway.embedded import StackInfo
-from tests.conftest import Gateway, auth, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, stored_sha256
-from tests.node import NodeFailed, node_requirement, npm_ci, run_script, write_file  # noqa: F401
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, make_settings, running, start_gateway, upload_id
+from tests.support.js import run_js, tus_options
+from tests.support.node import NodeFailed, node_requirement, write_file
+from tests.support.proxies import TcpProxy
+from tests.support.storage import stored_sha256
+from tests.support.tokens import auth, token
 
-JS = Path(__file__).parent / "js"
-NODE_TIMEOUT = 120.0
 PART = 5 * MiB
 
 
-pytestmark = node_requirement("the JavaScript tus client tests")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def js_packages() -> Path:
-    return npm_ci(JS, ("tus-js-client", "@uppy/core", "@uppy/tus"))
-
-
-async def run_node(script: str, options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
-    """Run a tests/js script with JSON options; its last stdout line is the JSON result."""
-    return await run_script(JS, script, options, timeout)
-
-
-def tus_options(gw: Gateway, path: Path, subject: str = "js-user", **options: Any) -> dict[str, Any]:
-    return {"endpoint": gw.files(), "token": token(subject), "file": str(path),
-            "metadata": {"filename": path.name}, "retryDelays": [0, 200, 500], **options}
+pytestmark = [node_requirement("the JavaScript tus client tests"), pytest.mark.usefixtures("js_packages")]
 
 
 def patches(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,38 +47,10 @@ async def small_parts(stack: StackInfo) -> AsyncIterator[Gateway]:
         yield gw
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Gateway]:
-    instance = start_gateway(settings)
-    gw = await instance.__anext__()
-    try:
-        yield gw
-    finally:
-        with contextlib.suppress(StopAsyncIteration):
-            await instance.__anext__()
+# --- through a TCP proxy in front of the gateway --------------------------------------------------------
 
 
-# --- a TCP proxy in front of the gateway ---------------------------------------------------------------
-
-
-METHODS = (b"POST", b"PATCH", b"HEAD", b"DELETE", b"OPTIONS", b"GET")
-
-
-@dataclass
-class RequestHead:
-    method: str
-    path: str
-    headers: dict[str, str]  # lower-case names
-
-
-def parse_head(data: bytes) -> RequestHead:
-    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    fields = (line.partition(":") for line in lines[1:])
-    return RequestHead(method, path, {name.strip().lower(): value.strip() for name, _, value in fields})
-
-
-def through(proxy: CuttingProxy, gw: Gateway) -> str:
+def through(proxy: TcpProxy, gw: Gateway) -> str:
     return f"http://127.0.0.1:{proxy.port}{gw.settings.base_path}"
 
 
@@ -103,86 +60,6 @@ def gateway_port(gw: Gateway) -> int:
     return port
 
 
-@dataclass
-class CuttingProxy:
-    """A TCP proxy to the gateway; with `cut_after`, it aborts both sides once after that many client->server
-    bytes (after awaiting `before_cut`). It records the head of every request it forwards."""
-
-    target_port: int
-    cut_after: int | None = None
-    before_cut: Callable[[CuttingProxy], Awaitable[None]] | None = None
-    port: int = 0
-    forwarded: int = 0
-    connections: int = 0
-    cuts: int = 0
-    heads: list[RequestHead] = field(default_factory=list)
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def __aenter__(self) -> CuttingProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def requests(self, method: str) -> list[RequestHead]:
-        return [head for head in self.heads if head.method == method]
-
-    def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._serve(client_reader, client_writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        def cut() -> None:
-            self.cuts += 1
-            client_writer.transport.abort()
-            server_writer.transport.abort()
-
-        async def upstream() -> None:
-            while data := await client_reader.read(256 * 1024):
-                if data[:16].split(b" ", 1)[0] in METHODS:  # a request starts with a fresh read
-                    self.heads.append(parse_head(data))
-                if self.cut_after is not None and self.cuts == 0 and self.forwarded + len(data) >= self.cut_after:
-                    keep = self.cut_after - self.forwarded
-                    server_writer.write(data[:keep])
-                    await server_writer.drain()
-                    self.forwarded += keep
-                    if self.before_cut is not None:
-                        await asyncio.wait_for(self.before_cut(self), 30)
-                    cut()
-                    return
-                self.forwarded += len(data)
-                server_writer.write(data)
-                await server_writer.drain()
-            if server_writer.can_write_eof():
-                server_writer.write_eof()
-
-        async def downstream() -> None:
-            while data := await server_reader.read(256 * 1024):
-                client_writer.write(data)
-                await client_writer.drain()
-            client_writer.close()
-
-        try:
-            await asyncio.gather(upstream(), downstream())
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            client_writer.transport.abort()
-            server_writer.transport.abort()
-
-
 # --- tus-js-client ---------------------------------------------------------------------------------------
 
 
@@ -190,7 +67,7 @@ async def test_default_options_one_patch(gateway: Gateway, db: Connection, s3: A
     """chunkSize Infinity: a POST, then the whole file streamed in one PATCH, across 16 MiB parts."""
     path = tmp_path / "default.bin"
     digest = write_file(path, 20 * MiB + 7)
-    result = await run_node("tus_upload.mjs", tus_options(gateway, path))
+    result = await run_js("tus_upload.mjs", tus_options(gateway, path))
     assert result["bytesUploaded"] == 20 * MiB + 7
     methods = [r["method"] for r in result["requests"]]
     assert methods == ["POST", "PATCH"], methods
@@ -201,7 +78,7 @@ async def test_default_options_one_patch(gateway: Gateway, db: Connection, s3: A
     assert patch["status"] == 204 and patch["headers"]["Upload-Offset"] == "0"
     assert patch["headers"]["Content-Type"] == "application/offset+octet-stream"
     assert await stored_sha256(db, s3, result["url"]) == digest
-    metadata = await db.fetchval("select metadata from uploads where id = $1", upload_id(result["url"]))
+    metadata = (await upload_row(db, upload_id(result["url"])))["metadata"]
     assert json.loads(metadata)["filename"] == "default.bin"
 
 
@@ -215,7 +92,7 @@ async def test_chunk_sizes(small_parts: Gateway, db: Connection, s3: Any, tmp_pa
                            source: str) -> None:
     path = tmp_path / "chunks.bin"
     digest = write_file(path, size)
-    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, chunkSize=chunk, source=source))
+    result = await run_js("tus_upload.mjs", tus_options(small_parts, path, chunkSize=chunk, source=source))
     assert result["bytesUploaded"] == size
     assert len(patches(result)) == -(-size // chunk)
     assert all(r["status"] == 204 for r in patches(result))
@@ -228,7 +105,7 @@ async def test_upload_data_during_creation(small_parts: Gateway, db: Connection,
     path = tmp_path / "creation.bin"
     size = 8 * MiB + 11
     digest = write_file(path, size)
-    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, uploadDataDuringCreation=True,
+    result = await run_js("tus_upload.mjs", tus_options(small_parts, path, uploadDataDuringCreation=True,
                                                           chunkSize=chunk))
     create = result["requests"][0]
     assert create["method"] == "POST" and create["status"] == 201
@@ -253,10 +130,10 @@ async def test_deferred_length(small_parts: Gateway, db: Connection, s3: Any, tm
     path = tmp_path / "deferred.bin"
     digest = write_file(path, size)
     chunk = 2 * MiB
-    async with CuttingProxy(gateway_port(small_parts)) as proxy:
+    async with TcpProxy(gateway_port(small_parts)) as proxy:
         options = tus_options(small_parts, path, source=source, chunkSize=chunk, uploadLengthDeferred=True,
                               endpoint=through(proxy, small_parts))
-        result = await run_node("tus_upload.mjs", options)
+        result = await run_js("tus_upload.mjs", options)
     create = result["requests"][0]
     assert create["headers"].get("Upload-Defer-Length") == "1" and "Upload-Length" not in create["headers"]
     sent = patches(result)
@@ -272,7 +149,7 @@ async def test_deferred_length(small_parts: Gateway, db: Connection, s3: Any, tm
         assert "content-length" not in last.headers and last.headers["transfer-encoding"] == "chunked"
     assert result["bytesUploaded"] == size
     assert await stored_sha256(db, s3, result["url"]) == digest
-    assert await db.fetchval("select length from uploads where id = $1", upload_id(result["url"])) == size
+    assert (await upload_row(db, upload_id(result["url"])))["length"] == size
 
 
 TUS_JS_CLIENT_779 = (
@@ -288,13 +165,13 @@ async def test_deferred_length_aligned_stream_stalls_the_client(small_parts: Gat
     size = 10 * MiB
     digest = write_file(path, size)
     with pytest.raises(NodeFailed, match="upload stalled") as stalled:  # fails ("DID NOT RAISE") once fixed
-        await run_node("tus_upload.mjs", tus_options(small_parts, path, source="stream", chunkSize=2 * MiB,
+        await run_js("tus_upload.mjs", tus_options(small_parts, path, source="stream", chunkSize=2 * MiB,
                                                      uploadLengthDeferred=True))
     found = re.search(r"\(url (\S+), offset (\d+)\)", stalled.value.stderr)
     assert found, stalled.value.stderr
     location, offset = found.group(1), int(found.group(2))
     assert offset == size  # every byte was accepted; only the length declaration is missing
-    row = await db.fetchrow("select length, state from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["length"] is None and row["state"] == "active"
     async with small_parts.http.head(location, headers=auth("js-user")) as response:
         assert response.headers["Upload-Offset"] == str(size) and response.headers["Upload-Defer-Length"] == "1"
@@ -321,7 +198,7 @@ async def test_resumes_after_connection_cut_mid_patch(small_parts: Gateway, db: 
     size = 12 * MiB + 3
     digest = write_file(path, size)
 
-    async def part_one_committed(proxy: CuttingProxy) -> None:
+    async def part_one_committed(proxy: TcpProxy) -> None:
         location = small_parts.url + proxy.requests("PATCH")[-1].path
         while True:
             async with small_parts.http.head(location, headers=auth("js-user")) as response:
@@ -329,9 +206,9 @@ async def test_resumes_after_connection_cut_mid_patch(small_parts: Gateway, db: 
                     return
             await asyncio.sleep(0.02)
 
-    async with CuttingProxy(gateway_port(small_parts), cut_after=7 * MiB, before_cut=part_one_committed) as proxy:
+    async with TcpProxy(gateway_port(small_parts), cut_after=7 * MiB, before_cut=part_one_committed) as proxy:
         endpoint = through(proxy, small_parts)
-        result = await run_node("tus_upload.mjs", tus_options(small_parts, path, endpoint=endpoint,
+        result = await run_js("tus_upload.mjs", tus_options(small_parts, path, endpoint=endpoint,
                                                               retryDelays=[0, 200, 500]))
     assert proxy.cuts == 1 and proxy.connections >= 2
     assert result["retries"] == 1, result["_stderr"]
@@ -356,12 +233,12 @@ async def test_resume_in_a_second_run_from_file_url_storage(small_parts: Gateway
     digest = write_file(path, size)
     storage = tmp_path / "tus-urls.json"
     options = tus_options(small_parts, path, chunkSize=3 * MiB, urlStorage=str(storage), resume=True)
-    first = await run_node("tus_upload.mjs", {**options, "abortAfterChunks": 1})
+    first = await run_js("tus_upload.mjs", {**options, "abortAfterChunks": 1})
     assert first["aborted"] and first["previousUploads"] == 0 and first["bytesUploaded"] == 3 * MiB
     stored_urls = [entry["uploadUrl"] for entry in json.loads(storage.read_text()).values()]
     assert stored_urls == [first["url"]]
 
-    second = await run_node("tus_upload.mjs", options)
+    second = await run_js("tus_upload.mjs", options)
     assert not second["aborted"] and second["previousUploads"] == 1
     assert second["url"] == first["url"]
     assert [r["method"] for r in second["requests"]][:2] == ["HEAD", "PATCH"]  # no new POST
@@ -375,13 +252,13 @@ async def test_abort_with_terminate_deletes_the_upload(small_parts: Gateway, db:
     path = tmp_path / "terminate.bin"
     write_file(path, 4 * MiB)
     storage = tmp_path / "tus-urls.json"
-    result = await run_node("tus_upload.mjs", tus_options(small_parts, path, chunkSize=MiB, urlStorage=str(storage),
+    result = await run_js("tus_upload.mjs", tus_options(small_parts, path, chunkSize=MiB, urlStorage=str(storage),
                                                           abortAfterChunks=1, terminate=True))
     assert result["aborted"] and result["terminated"]
     delete = result["requests"][-1]
     assert delete["method"] == "DELETE" and delete["status"] == 204 and delete["url"] == result["url"]
     assert json.loads(storage.read_text()) == {}
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(result["url"])) == "terminated"
+    assert (await upload_row(db, upload_id(result["url"])))["state"] == "terminated"
     async with small_parts.http.head(result["url"], headers=auth("js-user")) as response:
         assert response.status in (404, 410)
 
@@ -394,10 +271,10 @@ async def test_stored_url_of_a_terminated_upload_starts_over(small_parts: Gatewa
     digest = write_file(path, size)
     storage = tmp_path / "tus-urls.json"
     options = tus_options(small_parts, path, chunkSize=MiB, urlStorage=str(storage), resume=True)
-    first = await run_node("tus_upload.mjs", {**options, "abortAfterChunks": 1})
+    first = await run_js("tus_upload.mjs", {**options, "abortAfterChunks": 1})
     async with small_parts.http.delete(first["url"], headers=auth("js-user")) as response:
         assert response.status == 204
-    second = await run_node("tus_upload.mjs", options)
+    second = await run_js("tus_upload.mjs", options)
     assert second["previousUploads"] == 1 and second["url"] != first["url"]
     trace = [(r["method"], r["status"]) for r in second["requests"]][:3]
     assert trace[0][0] == "HEAD" and trace[0][1] in (404, 410) and trace[1] == ("POST", 201), trace
@@ -415,16 +292,16 @@ async def test_resume_on_another_gateway_instance(stack: StackInfo, db: Connecti
     async with running(make_settings(stack, part_size=PART, s3_key_prefix=prefix)) as a, \
             running(make_settings(stack, part_size=PART, s3_key_prefix=prefix)) as b:
         assert a.url != b.url
-        first = await run_node("tus_upload.mjs", tus_options(a, path, chunkSize=3 * MiB, abortAfterChunks=2))
+        first = await run_js("tus_upload.mjs", tus_options(a, path, chunkSize=3 * MiB, abortAfterChunks=2))
         assert first["aborted"] and first["bytesUploaded"] == 6 * MiB  # one part committed, 1 MiB stashed
         on_b = urlunsplit(urlsplit(first["url"])._replace(netloc=urlsplit(b.url).netloc))
         assert on_b != first["url"]
-        second = await run_node("tus_upload.mjs", tus_options(b, path, chunkSize=3 * MiB, uploadUrl=on_b))
+        second = await run_js("tus_upload.mjs", tus_options(b, path, chunkSize=3 * MiB, uploadUrl=on_b))
         assert second["url"] == on_b and second["startOffset"] == 6 * MiB
         assert all(urlsplit(r["url"]).netloc == urlsplit(b.url).netloc for r in second["requests"])
         assert second["bytesUploaded"] == size
         assert await stored_sha256(db, s3, on_b) == digest
-        row = await db.fetchrow("select s3_key from uploads where id = $1", upload_id(on_b))
+        row = await upload_row(db, upload_id(on_b))
         assert row["s3_key"].startswith(prefix)
 
 
@@ -437,12 +314,12 @@ async def test_uppy_with_tus_plugin(small_parts: Gateway, db: Connection, s3: An
     path = tmp_path / "uppy photo.bin"
     size = 9 * MiB + 321
     digest = write_file(path, size)
-    result = await run_node("uppy_upload.mjs", {"endpoint": small_parts.files(), "token": token("uppy-user"),
+    result = await run_js("uppy_upload.mjs", {"endpoint": small_parts.files(), "token": token("uppy-user"),
                                                  "file": str(path), "chunkSize": chunk})
     assert result["url"].startswith(small_parts.files() + "/")
     assert result["progress"] == size
     assert await stored_sha256(db, s3, result["url"]) == digest
-    row = await db.fetchrow("select owner_sub, length, metadata from uploads where id = $1", upload_id(result["url"]))
+    row = await upload_row(db, upload_id(result["url"]))
     assert row["owner_sub"] == "uppy-user" and row["length"] == size
     metadata = json.loads(row["metadata"])
     assert metadata["filename"] == "uppy photo.bin" and metadata["name"] == "uppy photo.bin"

@@ -16,8 +16,10 @@ from aiohttp.test_utils import TestServer
 from botocore.exceptions import ClientError
 
 from gateway.app import BACKGROUND
-from tests.conftest import Gateway, auth, make_settings, start_gateway, upload_id
-from tests.direct import MiB
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.tokens import auth
 
 PART = 5 * MiB
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -55,12 +57,12 @@ async def test_expired_upload_is_swept(gateway: Gateway, db, s3) -> None:  # typ
             **auth(), **OCTETS, "Upload-Offset": "0"}) as response:
         assert response.status == 204  # leaves a stash segment
     uid = upload_id(location)
-    row = await db.fetchrow("select * from uploads where id = $1", uid)
+    row = await upload_row(db, uid)
     stash_key = await db.fetchval("select s3_key from upload_stash where upload_id = $1", uid)
     await db.execute("update uploads set expires_at = now() - interval '1 second' where id = $1", uid)
     report = await gateway.app[BACKGROUND].sweeper.run_once()
     assert report.expired >= 1
-    after = await db.fetchrow("select state, ended_at from uploads where id = $1", uid)
+    after = await upload_row(db, uid)
     assert after["state"] == "expired" and after["ended_at"] is not None
     with pytest.raises(ClientError):
         s3.list_parts(Bucket=row["bucket"], Key=row["s3_key"], UploadId=row["multipart_id"])
@@ -74,7 +76,7 @@ async def test_expired_upload_is_swept(gateway: Gateway, db, s3) -> None:  # typ
 async def test_orphan_multipart_uploads_are_aborted(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
     async for gw in start_gateway(make_settings(stack, orphan_grace=0)):
         live = await gw.create(PART)
-        live_row = await db.fetchrow("select * from uploads where id = $1", upload_id(live))
+        live_row = await upload_row(db, upload_id(live))
         # A crash between CreateMultipartUpload and the INSERT leaves an S3 upload nobody knows.
         orphan = s3.create_multipart_upload(Bucket=live_row["bucket"],
                                             Key=f"{gw.settings.s3_key_prefix}/zz/00orphan")
@@ -140,7 +142,7 @@ async def test_pre_create_hook_rejects_and_adds_metadata(stack, receiver, db) ->
         assert sent["owner"]["sub"] == "alice" and sent["length"] == 10
         target.reply = {"metadata": {"tenant": "acme"}}
         location = await gw.create(10)
-        metadata = await db.fetchval("select metadata from uploads where id = $1", upload_id(location))
+        metadata = (await upload_row(db, upload_id(location)))["metadata"]
         assert json.loads(metadata)["tenant"] == "acme"
 
 

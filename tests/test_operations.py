@@ -7,7 +7,8 @@ import logging
 
 from gateway.http.observability import REQUEST_ID
 from gateway.logs import JsonFormatter
-from tests.conftest import Gateway, auth, make_settings, start_gateway
+from tests.support.gateway import Gateway, make_settings, start_gateway
+from tests.support.tokens import auth
 
 
 async def test_metrics_exposition(gateway: Gateway) -> None:

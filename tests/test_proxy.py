@@ -10,8 +10,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Gateway, auth, upload_id
-from tests.direct import MiB, put_part, sha256, sign_ok, stored_bytes
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.direct import put_part, sign_ok
+from tests.support.gateway import Gateway, upload_id
+from tests.support.storage import sha256, stored_sha256
+from tests.support.tokens import auth
 
 PART = 5 * MiB
 HINT = {"Upload-Part-Size": str(PART)}
@@ -35,18 +39,12 @@ async def upload_in_chunks(gw: Gateway, location: str, data: bytes, chunk: int) 
         offset += chunk
 
 
-async def stored(db, s3, location: str) -> bytes:  # type: ignore[no-untyped-def]
-    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
-    assert row["state"] == "completed"
-    return stored_bytes(s3, row["bucket"], row["s3_key"])
-
-
 @pytest.mark.parametrize("chunk", [1 * MiB + 17, PART, 2 * PART + 3, 64 * MiB])
 async def test_any_chunk_size(gateway: Gateway, db, s3, chunk: int) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(3 * PART + 4321)
     location = await gateway.create(len(data), **HINT)
     await upload_in_chunks(gateway, location, data, chunk)
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
     # Superseded stash segments are gone once their part is committed.
     assert await db.fetchval("select count(*) from upload_stash where upload_id = $1", upload_id(location)) == 0
 
@@ -67,7 +65,7 @@ async def test_stash_counts_in_offset_and_is_compacted(gateway: Gateway, db, s3)
         assert response.headers["Upload-Offset"] == str(offset)
     status, _ = await patch(gateway, location, offset, data[offset:])
     assert status == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 @pytest.mark.parametrize(("headers", "status", "code"), [
@@ -84,7 +82,7 @@ async def test_bad_patches_change_nothing(gateway: Gateway, db, headers: dict, s
     async with gateway.http.patch(location, data=b"x" * 10, headers=request) as response:
         assert response.status == status
         assert (await response.json())["error"]["code"] == code
-    row = await db.fetchrow("select prefix_parts, writer_gen from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["prefix_parts"] == 0
     assert await db.fetchval("select count(*) from upload_stash where upload_id = $1", upload_id(location)) == 0
 
@@ -123,7 +121,7 @@ async def test_checksum_verified(gateway: Gateway, db, s3, algorithm: str) -> No
     rest = data[len(first):]
     status, _ = await patch(gateway, location, len(first), rest, **{"Upload-Checksum": f"{algorithm} {digest(rest)}"})
     assert status == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def test_deferred_length_declared_on_patch(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +133,7 @@ async def test_deferred_length_declared_on_patch(gateway: Gateway, db, s3) -> No
     status, headers = await patch(gateway, location, PART + 1000, data[PART + 1000:],
                                   **{"Upload-Length": str(len(data))})
     assert status == 204 and headers["Upload-Offset"] == str(len(data))
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def test_length_declared_by_empty_patch_flushes_stash(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +143,7 @@ async def test_length_declared_by_empty_patch_flushes_stash(gateway: Gateway, db
     assert status == 204
     status, headers = await patch(gateway, location, len(data), b"", **{"Upload-Length": str(len(data))})
     assert status == 204 and headers["Upload-Offset"] == str(len(data))
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def test_patch_on_completed_upload(gateway: Gateway) -> None:
@@ -164,7 +162,7 @@ async def test_creation_with_upload(gateway: Gateway, db, s3) -> None:  # type: 
         assert response.headers["Upload-Offset"] == "1000"
         location = response.headers["Location"]
     assert (await patch(gateway, location, 1000, data[1000:]))[0] == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def test_paths_do_not_mix(gateway: Gateway) -> None:
@@ -187,7 +185,7 @@ async def test_direct_then_proxy_after_parts_confirmed(gateway: Gateway, db, s3)
     async with gateway.http.put(f"{location}/parts/1", headers=auth()) as response:
         assert response.status == 204
     assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def _raw_patch(gw: Gateway, location: str, offset: int, declared: int, sent: bytes) -> None:
@@ -215,7 +213,7 @@ async def test_dropped_connection_keeps_committed_parts(gateway: Gateway, db, s3
         await asyncio.sleep(0.1)
     assert offset == PART  # the half part after the boundary was dropped, never counted
     assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
@@ -241,9 +239,9 @@ async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> 
     assert status == 204 and headers["Upload-Offset"] == str(PART)
     release.set()
     assert await first == 409  # the stale writer's commit is fenced off
-    assert await db.fetchval("select prefix_parts from uploads where id = $1", upload_id(location)) == 1
+    assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 1
     assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 @pytest.mark.parametrize("with_checksum", [False, True])
@@ -265,4 +263,4 @@ async def test_chunked_bodies_are_kept_in_bounded_segments(gateway: Gateway, db,
         async with gateway.http.patch(location, data=chunked(payload), headers=headers) as response:
             assert response.status == 204
             assert response.headers["Upload-Offset"] == str(offset + len(payload))
-    assert sha256(await stored(db, s3, location)) == sha256(data)
+    assert await stored_sha256(db, s3, location) == sha256(data)

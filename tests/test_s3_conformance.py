@@ -1,4 +1,4 @@
-"""Conformance of the S3 behaviours the gateway relies on (DESIGN §5, design_review findings 8, 21, 22, 23).
+"""Conformance of the S3 behaviours the gateway relies on (docs/architecture.md §7.3).
 
 Every test runs against two real S3 servers: SeaweedFS (the `stack` fixture, what dev and tests use) and
 moto in server mode. Calls the gateway makes go through its own adapter (`S3ObjectStore` over
@@ -20,22 +20,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import botocore.session
 import aiohttp
+import botocore.session
 import pytest
 import pytest_asyncio
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from gateway.app import make_signer
 from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, PartsPage
 from gateway.embedded import HOST, free_port
-from gateway.app import make_signer
-from gateway.s3.stream import S3ByteStore
-from gateway.s3.store import S3ObjectStore, s3_client
+from gateway.s3.client import s3_client
+from gateway.s3.objects import S3ObjectStore
+from gateway.s3.signed_requests import S3SignedRequests
 
 # One event loop per module, so one aiobotocore client per server (creating one costs ~0.4 s).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -98,7 +99,7 @@ def server(request: pytest.FixtureRequest) -> Server:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def store(server: Server) -> AsyncIterator[S3ObjectStore]:
     async with s3_client(server.settings) as client, aiohttp.ClientSession() as http:
-        raw = S3ByteStore(http, make_signer(server.settings, server.settings.s3_endpoint_url), server.bucket)
+        raw = S3SignedRequests(http, make_signer(server.settings, server.settings.s3_endpoint_url), server.bucket)
         yield S3ObjectStore(client, server.bucket, raw)
 
 
@@ -151,7 +152,7 @@ async def page_through(store: S3ObjectStore, key: str, upload_id: str, max_parts
 
 
 async def test_list_parts_probe_around_parts_1_2_10000(server: Server, store: S3ObjectStore) -> None:
-    """The confirm probe: ListParts(marker=n-1, max-parts=3), accept only PartNumber == n (DESIGN §3.2)."""
+    """The confirm probe: ListParts(marker=n-1, max-parts=3), accept only PartNumber == n (docs/architecture.md §3.2)."""
     key, upload_id = await create(store)
     put_part(server, key, upload_id, 1, b"1" * (5 * MiB))
     put_part(server, key, upload_id, 2, b"2" * (5 * MiB))
@@ -176,7 +177,7 @@ async def test_list_parts_probe_around_parts_1_2_10000(server: Server, store: S3
 
 
 async def test_list_parts_order_of_1000_1001_10000(server: Server, store: S3ObjectStore) -> None:
-    """design_review 21: SeaweedFS lists parts by file name (`%04d_<uuid>.part`), so 10000 sorts before 1000."""
+    """docs/architecture.md: SeaweedFS lists parts by file name (`%04d_<uuid>.part`), so 10000 sorts before 1000."""
     key, upload_id = await create(store)
     put_tiny_parts(server, key, upload_id, [1, 2, 1000, 1001, 10000])
     everything = await store.list_parts(key, upload_id, 0, 1000)
@@ -262,7 +263,7 @@ async def test_more_than_1001_parts(server: Server, store: S3ObjectStore) -> Non
 
 
 async def test_zero_part_complete_fails(server: Server, store: S3ObjectStore) -> None:
-    """design_review 8: why `Upload-Length: 0` is a PutObject, never a zero-part Complete."""
+    """docs/architecture.md: why `Upload-Length: 0` is a PutObject, never a zero-part Complete."""
     key, upload_id = await create(store)
     with pytest.raises((CompleteRefused, UploadError)) as caught:
         await store.complete(key, upload_id, [], None)
@@ -283,7 +284,7 @@ async def test_zero_part_complete_fails(server: Server, store: S3ObjectStore) ->
 
 
 async def test_complete_retried_after_success(server: Server, store: S3ObjectStore) -> None:
-    """A crash between Complete and the row update: the worker completes again (design_review 6)."""
+    """A crash between Complete and the row update: the worker completes again."""
     key, upload_id = await create(store, metadata={"upload-id": "gw-retry"})
     etag = put_part(server, key, upload_id, 1, b"done")
     parts = [ConfirmedPart(1, 4, etag)]
@@ -306,7 +307,7 @@ async def test_complete_retried_after_success(server: Server, store: S3ObjectSto
 
 
 async def test_complete_with_stale_etag(server: Server, store: S3ObjectStore) -> None:
-    """A part re-uploaded after its ETag was recorded at confirm (design_review 5)."""
+    """A part re-uploaded after its ETag was recorded at confirm."""
     key, upload_id = await create(store)
     old = put_part(server, key, upload_id, 1, b"old bytes")
     recorded = (await store.list_parts(key, upload_id, 0, 3)).parts[0]  # what confirm records
@@ -342,7 +343,7 @@ async def test_complete_with_unknown_etag_is_invalid_part(server: Server, store:
 
 
 async def test_complete_leaves_out_unplanned_part(server: Server, store: S3ObjectStore) -> None:
-    """Parts past a declared length leave the plan and never go into Complete (DESIGN §3.2)."""
+    """Parts past a declared length leave the plan and never go into Complete (docs/architecture.md §3.2)."""
     key, upload_id = await create(store)
     first = put_part(server, key, upload_id, 1, b"1" * (5 * MiB))
     second = put_part(server, key, upload_id, 2, b"end")
@@ -382,7 +383,7 @@ async def test_checksum_upload_lists_and_completes(server: Server, store: S3Obje
 
 
 async def test_head_object_after_complete_has_upload_id(server: Server, store: S3ObjectStore) -> None:
-    """NoSuchUpload while completing is success only if HeadObject shows our id (DESIGN §3.4)."""
+    """NoSuchUpload while completing is success only if HeadObject shows our id (docs/architecture.md §3.4)."""
     key = f"conformance/{uuid.uuid4().hex}"
     upload_id = await store.create_multipart(key, content_type="text/plain",
                                              metadata={"upload-id": "gw-123", "filetype": "text/plain"},
@@ -408,7 +409,7 @@ async def test_list_parts_on_aborted_upload_is_not_found(server: Server, store: 
 
 
 async def test_abort_twice_is_a_no_op(server: Server, store: S3ObjectStore) -> None:
-    """The sweeper aborts terminated uploads once more (design_review 23); DELETE may be repeated."""
+    """The sweeper aborts terminated uploads once more; DELETE may be repeated."""
     key, upload_id = await create(store)
     put_part(server, key, upload_id, 1, b"bytes")
     await store.abort(key, upload_id)

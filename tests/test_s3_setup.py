@@ -18,7 +18,13 @@ from gateway.cli import build_parser
 from gateway.config import Settings
 from gateway.embedded import StackInfo
 from gateway.s3.setup import (
-    ABORT_RULE_ID, CORS_RULE_ID, STASH_RULE_ID, SetupError, apply_bucket_setup, cors_rule, lifecycle_days,
+    ABORT_RULE_ID,
+    CORS_RULE_ID,
+    STASH_RULE_ID,
+    SetupError,
+    apply_bucket_setup,
+    cors_rule,
+    lifecycle_days,
     lifecycle_rules,
 )
 
@@ -63,8 +69,8 @@ def test_rules_follow_the_settings() -> None:
     assert lifecycle_days(Settings(upload_max_age=6 * DAY)) == 8
     assert lifecycle_days(Settings(upload_max_age=6 * DAY + 1)) == 9
     assert lifecycle_days(Settings(upload_max_age=3600)) == 3
-    assert cors_rule(Settings())["AllowedOrigins"] == ["*"]  # GATEWAY_CORS_ORIGINS unset
-    assert cors_rule(Settings(cors_origins=ORIGINS))["AllowedOrigins"] == list(ORIGINS)
+    assert cors_rule(Settings().cors_origins)["AllowedOrigins"] == ["*"]  # GATEWAY_CORS_ORIGINS unset
+    assert cors_rule(Settings(cors_origins=ORIGINS).cors_origins)["AllowedOrigins"] == list(ORIGINS)
     abort, stash = lifecycle_rules(Settings(s3_key_prefix=""))
     assert abort["Filter"] == {"Prefix": ""} and stash["Filter"] == {"Prefix": "stash/"}
     abort, stash = lifecycle_rules(Settings(s3_key_prefix="a/b"))
@@ -130,7 +136,7 @@ async def test_missing_bucket_is_created_only_when_asked(stack: StackInfo, s3: A
 
 
 async def test_browser_preflight_after_setup(stack: StackInfo) -> None:
-    """design_review 25: a PUT with content-type and an x-amz checksum passes the preflight, from our origins only."""
+    """docs/architecture.md: a PUT with content-type and an x-amz checksum passes the preflight, from our origins only."""
     bucket = fresh_bucket()
     await apply_bucket_setup(settings_for(stack, bucket), create_bucket=True)
     allowed = preflight(stack.s3_endpoint_url, bucket, "https://app.example", "content-type,x-amz-checksum-sha256")

@@ -19,26 +19,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import json
 import os
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import jwt
 import pytest
 from aiohttp import ClientResponse
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from yarl import URL
 
-from tests.conftest import AUDIENCE, ISSUER, SECRET, TUS, Gateway, auth, make_settings, start_gateway, token, upload_id
-from tests.direct import MiB, put_part, sign_ok
-from tests.threaded import request as raw_request
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.direct import put_part, sign_ok
+from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.threaded import request as raw_request
+from tests.support.tokens import TUS, auth, b64url, claims, hs256_with_key, token, unsigned
 
 PART = 5 * MiB
 HINT = {"Upload-Part-Size": str(PART)}
@@ -47,10 +47,6 @@ OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
 def b64(value: str | bytes) -> str:
     return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 async def error_of(response: ClientResponse) -> dict[str, Any]:
@@ -64,7 +60,7 @@ async def error_of(response: ClientResponse) -> dict[str, Any]:
 async def snapshot(db, upload: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Everything Postgres holds about one upload."""
     return {
-        "upload": dict(await db.fetchrow("select * from uploads where id = $1", upload) or {}),
+        "upload": dict(await upload_row(db, upload) or {}),
         "parts": [tuple(r) for r in await db.fetch(
             "select * from upload_parts where upload_id = $1 order by number", upload)],
         "stash": [tuple(r) for r in await db.fetch(
@@ -98,23 +94,6 @@ RSA_PUBLIC_PEM = _RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def claims(subject: str = "alice", **extra: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {"sub": subject, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, **extra}
-
-
-def unsigned(payload: dict[str, Any], header: dict[str, Any]) -> str:
-    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
-
-
-def hs256_with_key(payload: dict[str, Any], key: bytes, **header: Any) -> str:
-    """HS256 by hand (PyJWT refuses a PEM as an HMAC secret, which is the point of the attack)."""
-    signing_input = (f"{b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT', **header}).encode())}."
-                     f"{b64url(json.dumps(payload).encode())}")
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(signature)}"
-
-
 def bad_token(kind: str, subject: str = "alice") -> str | None:
     """An Authorization header value the gateway must refuse; None sends no header at all."""
     if kind == "none":
@@ -128,13 +107,13 @@ def bad_token(kind: str, subject: str = "alice") -> str | None:
     if kind == "alg-None-cased":
         return f"Bearer {unsigned(claims(subject), {'alg': 'None', 'typ': 'JWT'})}"
     if kind == "rs256":
-        return f"Bearer {jwt.encode(claims(subject), _RSA_KEY, algorithm='RS256')}"
+        return f"Bearer {token(subject, secret=_RSA_KEY, algorithm='RS256')}"
     if kind == "wrong-audience":
         return f"Bearer {token(subject, audience='another-service')}"
     if kind == "wrong-issuer":
         return f"Bearer {token(subject, issuer='https://evil.example')}"
     if kind == "no-exp":
-        return f"Bearer {jwt.encode({k: v for k, v in claims(subject).items() if k != 'exp'}, SECRET)}"
+        return f"Bearer {token(subject, omit=('exp',))}"
     if kind == "no-sub":
         return f"Bearer {token('')}"
     if kind == "tampered-payload":
@@ -197,7 +176,7 @@ async def test_hs256_forged_with_the_rsa_public_key_is_401(stack, db, tmp_path: 
     pem = tmp_path / "main.pem"
     pem.write_bytes(RSA_PUBLIC_PEM)
     async for gw in start_gateway(make_settings(stack, jwt_secret="", jwt_public_keys=(pem,))):
-        good = jwt.encode(claims("rsa-user"), _RSA_KEY, algorithm="RS256")
+        good = token("rsa-user", secret=_RSA_KEY, algorithm="RS256")
         async with gw.http.post(gw.files(), headers={"Authorization": f"Bearer {good}", **TUS,
                                                      "Upload-Length": "10"}) as response:
             assert response.status == 201  # the key pair itself works
@@ -237,7 +216,7 @@ async def test_another_owner_sees_404_and_changes_nothing(gateway: Gateway, db, 
     location = await gateway.create(PART + 10, **HINT)
     part = (await sign_ok(gateway, location, [1]))[1]
     assert await put_part(gateway, part, data) == 200  # in S3, not yet confirmed
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     before = await snapshot(db, upload_id(location))
     listed = s3_parts(s3, row)
     unknown = gateway.files("/00" + "Z" * 24)
@@ -267,7 +246,7 @@ async def test_another_owner_cannot_download_or_delete_a_finished_upload(gateway
     async with gateway.http.patch(location, data=b"y" * 100, headers={**auth(), **OCTETS,
                                                                       "Upload-Offset": "0"}) as response:
         assert response.status == 204
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["state"] == "completed"
     before = await snapshot(db, upload_id(location))
     for method, headers in (("GET", {"Accept": "application/json"}), ("GET", {}), ("DELETE", {}), ("HEAD", {})):
@@ -328,8 +307,8 @@ def tamper(url: str, what: str, other: Any) -> str:
 async def test_tampered_presigned_url_is_refused_by_s3(gateway: Gateway, db, s3, what: str) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(PART + 10, **HINT)
     victim = await gateway.create(PART + 10, **HINT)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
-    other = await db.fetchrow("select * from uploads where id = $1", upload_id(victim))
+    row = await upload_row(db, upload_id(location))
+    other = await upload_row(db, upload_id(victim))
     part = (await sign_ok(gateway, location, [1]))[1]
     before = await snapshot(db, upload_id(location))
     forged = {**part, "url": tamper(part["url"], what, other)}
@@ -353,7 +332,7 @@ async def test_url_for_one_part_used_for_another(gateway: Gateway, db, s3) -> No
     data = os.urandom(2 * PART + 10)
     chunks = {1: data[:PART], 2: data[PART:2 * PART], 3: data[2 * PART:]}
     location = await gateway.create(len(data), **HINT)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     signed = await sign_ok(gateway, location, [1, 2, 3])
     assert await put_part(gateway, signed[1], chunks[3]) == 403  # 10 bytes where 5 MiB are signed
     assert await put_part(gateway, signed[3], chunks[1]) == 403  # 5 MiB where 10 bytes are signed
@@ -372,7 +351,7 @@ async def test_url_for_another_part_refused_with_checksums(gateway: Gateway, db,
     first, second = data[:PART], data[PART:]
     md5 = lambda chunk: b64(hashlib.md5(chunk).digest())  # noqa: E731
     location = await gateway.create(len(data), **HINT, **{"Upload-Part-Checksum": "md5"})
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     signed = await sign_ok(gateway, location, [{"number": 1, "checksum": md5(first)},
                                                {"number": 2, "checksum": md5(second)}])
     headers = {"Content-MD5": md5(second)} if client_md5 == "own" else {}
@@ -385,7 +364,7 @@ async def test_url_for_another_part_refused_with_checksums(gateway: Gateway, db,
 @pytest.mark.parametrize("size", [PART + 1, PART - 1, 2 * PART])
 async def test_wrong_sized_part_is_403(gateway: Gateway, db, s3, size: int) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(2 * PART, **HINT)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     part = (await sign_ok(gateway, location, [1]))[1]
     assert await put_part(gateway, part, os.urandom(size)) == 403
     assert s3_parts(s3, row) == []
@@ -396,7 +375,7 @@ async def test_chunked_body_to_presigned_url_is_refused(gateway: Gateway, db, s3
     """Without Content-Length (chunked) the signed content-length header is missing: S3 refuses, whatever
     the size, so a client cannot stream more (or fewer) bytes than were signed."""
     location = await gateway.create(2 * PART, **HINT)
-    row = await db.fetchrow("select * from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     part = (await sign_ok(gateway, location, [1]))[1]
 
     async def body(total: int) -> AsyncIterator[bytes]:
@@ -445,7 +424,7 @@ async def test_hostile_filename_never_reaches_the_key_or_a_raw_header(gateway: G
         assert response.status == 201, await response.read()
         location = response.headers["Location"]
     upload = upload_id(location)
-    row = await db.fetchrow("select * from uploads where id = $1", upload)
+    row = await upload_row(db, upload)
     assert row["s3_key"] == f"{settings.s3_key_prefix}/{upload[2:4]}/{upload}"
     pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=settings.s3_bucket,
                                                                  Prefix=f"{settings.s3_key_prefix}/")

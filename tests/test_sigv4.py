@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, quote, urlsplit
@@ -220,7 +220,7 @@ def test_signing_key_derived_once_per_day() -> None:
 
 def test_aware_and_naive_now_agree() -> None:
     signer = SigV4Signer(Credentials(AK, SK), REGION, HTTP_EP)
-    aware = NOW.replace(tzinfo=timezone.utc).astimezone(timezone(timedelta(hours=-5)))
+    aware = NOW.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=-5)))
     assert signer.presign_url("GET", "b", "k", expires_in=60, now=aware) == signer.presign_url(
         "GET", "b", "k", expires_in=60, now=NOW
     )

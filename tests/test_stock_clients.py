@@ -7,7 +7,9 @@ import io
 
 from tusclient import client as tus
 
-from tests.conftest import Gateway, token, upload_id
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, upload_id
+from tests.support.tokens import token
 
 
 async def test_tuspy_creates_upload_and_reads_offset(gateway: Gateway, db) -> None:  # type: ignore[no-untyped-def]
@@ -20,6 +22,6 @@ async def test_tuspy_creates_upload_and_reads_offset(gateway: Gateway, db) -> No
 
     url, offset = await asyncio.to_thread(create_and_probe)
     assert offset == 0
-    row = await db.fetchrow("select owner_sub, length, metadata from uploads where id = $1", upload_id(url))
+    row = await upload_row(db, upload_id(url))
     assert row["owner_sub"] == "tuspy-user" and row["length"] == 9000
     assert '"filename": "hello.txt"' in row["metadata"]

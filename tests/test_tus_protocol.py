@@ -9,9 +9,10 @@ from email.utils import parsedate_to_datetime
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import TUS, Gateway, auth, make_settings, start_gateway, token, upload_id
-
-MiB = 1024 * 1024
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.tokens import TUS, auth, claims, token, unsigned
 
 
 def b64(text: str) -> str:
@@ -76,7 +77,7 @@ async def test_create_makes_row_and_multipart_upload(gateway: Gateway, db, s3) -
     uid = upload_id(location)
     assert location == gateway.files(f"/{uid}")
     assert len(uid) >= 22 and uid.startswith("00")
-    row = await db.fetchrow("select * from uploads where id = $1", uid)
+    row = await upload_row(db, uid)
     assert row["state"] == "active" and row["owner_sub"] == "alice" and row["owner_iss"] == "https://issuer.test"
     assert row["length"] == 20 * MiB and row["prefix_parts"] == 0
     assert abs((row["expires_at"] - expires).total_seconds()) < 1
@@ -139,7 +140,7 @@ async def test_zero_length_upload_completes_at_once(gateway: Gateway, db, s3) ->
     async with gateway.http.head(location, headers=auth()) as response:
         assert response.status == 200
         assert response.headers["Upload-Offset"] == "0" and response.headers["Upload-Length"] == "0"
-    row = await db.fetchrow("select state, s3_key, multipart_id from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     assert row["state"] == "completed" and row["multipart_id"] is None
     head = s3.head_object(Bucket=gateway.settings.s3_bucket, Key=row["s3_key"])
     assert head["ContentLength"] == 0 and head["Metadata"]["upload-id"] == upload_id(location)
@@ -161,10 +162,10 @@ async def test_part_size_plan(gateway: Gateway) -> None:
 
 async def test_terminate(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(10 * MiB)
-    row = await db.fetchrow("select s3_key, multipart_id from uploads where id = $1", upload_id(location))
+    row = await upload_row(db, upload_id(location))
     async with gateway.http.delete(location, headers=auth()) as response:
         assert response.status == 204
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "terminated"
+    assert (await upload_row(db, upload_id(location)))["state"] == "terminated"
     with pytest.raises(ClientError) as caught:
         s3.list_parts(Bucket=gateway.settings.s3_bucket, Key=row["s3_key"], UploadId=row["multipart_id"])
     assert caught.value.response["Error"]["Code"] == "NoSuchUpload"
@@ -177,7 +178,7 @@ async def test_terminate(gateway: Gateway, db, s3) -> None:  # type: ignore[no-u
 
 async def test_delete_completed_upload_removes_object(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     location = await gateway.create(0)
-    key = await db.fetchval("select s3_key from uploads where id = $1", upload_id(location))
+    key = (await upload_row(db, upload_id(location)))["s3_key"]
     async with gateway.http.delete(location, headers=auth()) as response:
         assert response.status == 204
     with pytest.raises(ClientError):
@@ -190,7 +191,7 @@ async def test_method_override_on_post(gateway: Gateway, db) -> None:  # type: i
         assert response.status == 200 and response.headers["Upload-Offset"] == "0"
     async with gateway.http.post(location, headers={**auth(), "X-HTTP-Method-Override": "DELETE"}) as response:
         assert response.status == 204
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "terminated"
+    assert (await upload_row(db, upload_id(location)))["state"] == "terminated"
 
 
 async def test_unknown_upload_is_404(gateway: Gateway) -> None:
@@ -205,15 +206,11 @@ async def test_another_owner_sees_404(gateway: Gateway, db) -> None:  # type: ig
         assert response.status == 404
     async with gateway.http.delete(location, headers=auth("mallory")) as response:
         assert response.status == 404
-    assert await db.fetchval("select state from uploads where id = $1", upload_id(location)) == "active"
+    assert (await upload_row(db, upload_id(location)))["state"] == "active"
 
 
 def _none_alg_token() -> str:
-    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
-    claims = base64.urlsafe_b64encode(json.dumps(
-        {"sub": "alice", "iss": "https://issuer.test", "aud": "gateway-tests", "exp": 9999999999}).encode()
-    ).rstrip(b"=").decode()
-    return f"{header}.{claims}."
+    return unsigned(claims(omit=("iat",), exp=9999999999), {"alg": "none", "typ": "JWT"})
 
 
 @pytest.mark.parametrize("authorization", [
@@ -237,10 +234,7 @@ async def test_bad_tokens_are_401(gateway: Gateway, authorization: str | None) -
 
 
 async def test_token_without_exp_is_refused(gateway: Gateway) -> None:
-    import jwt as pyjwt
-
-    no_exp = pyjwt.encode({"sub": "alice", "aud": "gateway-tests", "iss": "https://issuer.test"},
-                          "test-secret-" + "x" * 40, algorithm="HS256")
+    no_exp = token(omit=("iat", "exp"))
     async with gateway.http.post(gateway.files(), headers={**TUS, "Upload-Length": "1",
                                                            "Authorization": f"Bearer {no_exp}"}) as response:
         assert response.status == 401

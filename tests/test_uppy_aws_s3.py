@@ -20,9 +20,12 @@ import pytest
 from asyncpg import Connection
 from yarl import URL
 
-from tests.conftest import Gateway, auth, token
-from tests.direct import MiB, stored_bytes
-from tests.node import NodeFailed, node_requirement, npm_ci, run_script, write_file
+from tests.support import MiB
+from tests.support.db import upload_row
+from tests.support.gateway import Gateway
+from tests.support.node import NodeFailed, node_requirement, npm_ci, run_script, write_file
+from tests.support.storage import stored_sha256
+from tests.support.tokens import auth, bearer, token
 
 UPPY = Path(__file__).parent / "uppy"
 NODE_TIMEOUT = 120.0
@@ -44,14 +47,6 @@ async def run_uppy(options: dict[str, Any], timeout: float = NODE_TIMEOUT) -> di
 
 def uppy_options(gw: Gateway, path: Path, subject: str = "uppy-s3", **options: Any) -> dict[str, Any]:
     return {"endpoint": gw.url, "token": token(subject), "file": str(path), **options}
-
-
-async def stored_sha256(db: Connection, s3: Any, upload_id: str) -> str:
-    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id)
-    assert row is not None, f"no upload row {upload_id}"
-    assert row["state"] == "completed", row["state"]
-    data = await asyncio.to_thread(stored_bytes, s3, row["bucket"], row["s3_key"])
-    return hashlib.sha256(data).hexdigest()
 
 
 def gateway_calls(result: dict[str, Any], gw: Gateway) -> list[tuple[str, str, int | None]]:
@@ -97,8 +92,7 @@ async def test_uppy_uploads_multipart_through_the_gateway(uppy_packages: Path, g
     assert [e["PartNumber"] for e in sorted(result["partEvents"], key=lambda e: e["PartNumber"])] == [1, 2, 3, 4, 5]
 
     assert await stored_sha256(db, s3, upload_id) == digest
-    row = await db.fetchrow("select owner_sub, length, part_size, s3_key, metadata from uploads where id = $1",
-                            upload_id)
+    row = await upload_row(db, upload_id)
     assert row["owner_sub"] == "uppy-s3" and row["length"] == size and row["part_size"] == PART
     assert row["s3_key"] == result["s3Multipart"]["key"]
     metadata = json.loads(row["metadata"])
@@ -153,7 +147,7 @@ async def test_uppy_restores_an_upload_after_a_reload(uppy_packages: Path, gatew
     saved = first["s3Multipart"]
     assert set(saved) == {"uploadId", "key"}
     assert {1, 2} <= set(successful_puts(first))
-    assert await db.fetchval("select state from uploads where id = $1", saved["uploadId"]) == "active"
+    assert (await upload_row(db, saved["uploadId"]))["state"] == "active"
 
     second = await run_uppy(uppy_options(gateway, path, restore=saved))
     calls = gateway_calls(second, gateway)
@@ -165,7 +159,7 @@ async def test_uppy_restores_an_upload_after_a_reload(uppy_packages: Path, gatew
     assert second["s3Multipart"]["uploadId"] == saved["uploadId"]
     assert second["uploadURL"] == gateway.files(f"/{saved['uploadId']}")
     assert await stored_sha256(db, s3, saved["uploadId"]) == digest
-    assert await db.fetchval("select length from uploads where id = $1", saved["uploadId"]) == size
+    assert (await upload_row(db, saved["uploadId"]))["length"] == size
 
 
 @needs_node
@@ -197,7 +191,7 @@ async def test_uppy_small_file_is_one_part(uppy_packages: Path, gateway: Gateway
     assert successful_puts(result) == [1]
     upload_id = result["s3Multipart"]["uploadId"]
     assert await stored_sha256(db, s3, upload_id) == digest
-    row = await db.fetchrow("select bucket, s3_key, length from uploads where id = $1", upload_id)
+    row = await upload_row(db, upload_id)
     assert row["length"] == 1234
     head = await asyncio.to_thread(s3.head_object, Bucket=row["bucket"], Key=row["s3_key"])
     assert head["ContentType"] == "text/plain"
@@ -231,10 +225,6 @@ def s3_url(gw: Gateway, path: str = "", **query: str) -> str:
     if query:
         url += "?" + "&".join(f"{k}={quote(v, safe=',')}" for k, v in query.items())
     return url
-
-
-def bearer(subject: str = "alice") -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(subject)}"}
 
 
 async def call(gw: Gateway, method: str, url: str, subject: str | None = "alice",
@@ -283,7 +273,7 @@ async def test_create_shape_and_upload_row(gateway: Gateway, db: Connection, s3:
                                                    "draft": True, "skip": None})
     assert status == 200
     assert set(body) == {"uploadId", "key", "bucket"}
-    row = await db.fetchrow("select * from uploads where id = $1", body["uploadId"])
+    row = await upload_row(db, body["uploadId"])
     assert row["s3_key"] == body["key"] and row["bucket"] == body["bucket"] == gateway.settings.s3_bucket
     assert body["key"].startswith(gateway.settings.s3_key_prefix + "/") and "report" not in body["key"]
     assert row["length"] is None and row["part_size"] == PART and row["state"] == "active"
@@ -397,7 +387,7 @@ async def test_complete_shape_and_object(gateway: Gateway, db: Connection, s3: A
     location = gateway.files(f"/{upload['uploadId']}")
     assert body == {"location": location, "key": upload["key"], "bucket": upload["bucket"]}
     assert await stored_sha256(db, s3, upload["uploadId"]) == hashlib.sha256(data).hexdigest()
-    assert await db.fetchval("select length from uploads where id = $1", upload["uploadId"]) == len(data)
+    assert (await upload_row(db, upload["uploadId"]))["length"] == len(data)
     head = await asyncio.to_thread(s3.head_object, Bucket=upload["bucket"], Key=upload["key"])
     assert head["ContentType"] == "application/pdf" and head["Metadata"]["filename"] == "report.pdf"
     # a repeated complete (lost response) answers the same
@@ -426,7 +416,7 @@ async def test_complete_refusals(gateway: Gateway, db: Connection) -> None:
     status, error = await call(gateway, "POST", url, "alice", {"parts": [
         {"PartNumber": 1, "ETag": etag}, {"PartNumber": 2, "ETag": short}, {"PartNumber": 3, "ETag": "x"}]})
     assert_error(status, error, 409, "size_mismatch")  # every part but the last must be 5 MiB
-    assert await db.fetchval("select state from uploads where id = $1", upload["uploadId"]) == "active"
+    assert (await upload_row(db, upload["uploadId"]))["state"] == "active"
 
 
 async def _send_in_pieces(gw: Gateway, path: str, body: bytes, split: int) -> tuple[int, Any]:
@@ -474,7 +464,7 @@ async def test_routes_serve_an_upload_created_on_files_and_refuse_an_incomplete_
     data = os.urandom(PART + 5)
     location = await gateway.create(len(data), **{"Upload-Part-Size": str(PART)})
     uid = location.rsplit("/", 1)[-1]
-    row = await db.fetchrow("select s3_key, bucket from uploads where id = $1", uid)
+    row = await upload_row(db, uid)
     upload = {"uploadId": uid, "key": row["s3_key"], "bucket": row["bucket"]}
     first = await sign_and_put(gateway, upload, 1, data[:PART])
     url = s3_url(gateway, f"/{uid}/complete", key=upload["key"])
@@ -492,7 +482,7 @@ async def test_abort_shape_and_effect(gateway: Gateway, db: Connection, s3: Any)
     await sign_and_put(gateway, upload, 1, os.urandom(PART))
     url = s3_url(gateway, f"/{upload['uploadId']}", key=upload["key"])
     assert await call(gateway, "DELETE", url) == (200, {})
-    assert await db.fetchval("select state from uploads where id = $1", upload["uploadId"]) == "terminated"
+    assert (await upload_row(db, upload["uploadId"]))["state"] == "terminated"
     uploads = await asyncio.to_thread(s3.list_multipart_uploads, Bucket=upload["bucket"], Prefix=upload["key"])
     assert uploads.get("Uploads", []) == []
     assert await call(gateway, "DELETE", url) == (200, {})  # repeated
@@ -541,7 +531,7 @@ async def test_wrong_or_missing_key_is_400(gateway: Gateway, db: Connection) -> 
         for method, url, body in every_route(gateway, upload, key):
             status, error = await call(gateway, method, url, "alice", body)
             assert_error(status, error, 400, "invalid_request")
-    assert await db.fetchval("select state from uploads where id = $1", upload["uploadId"]) == "active"
+    assert (await upload_row(db, upload["uploadId"]))["state"] == "active"
 
 
 async def test_another_owners_upload_is_404(gateway: Gateway, db: Connection) -> None:
@@ -554,7 +544,7 @@ async def test_another_owners_upload_is_404(gateway: Gateway, db: Connection) ->
     for method, url, body in every_route(gateway, missing, missing["key"]):
         status, error = await call(gateway, method, url, "alice", body)
         assert_error(status, error, 404, "not_found")
-    assert await db.fetchval("select state from uploads where id = $1", upload["uploadId"]) == "active"
+    assert (await upload_row(db, upload["uploadId"]))["state"] == "active"
 
 
 async def test_no_token_is_401(gateway: Gateway) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings
+from tests.support.db import upload_row
 
 T = TypeVar("T")
 
@@ -152,3 +153,8 @@ class ThreadedGateway:
     def fetchval(self, query: str, *args: Any) -> Any:
         assert self.db is not None
         return self.run(self.db.fetchval(query, *args))
+
+    def upload_row(self, upload: str) -> asyncpg.Record | None:
+        """`tests.support.db.upload_row` on the gateway's loop and connection."""
+        assert self.db is not None
+        return self.run(upload_row(self.db, upload))

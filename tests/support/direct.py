@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from typing import Any
 
 from yarl import URL
 
-from tests.conftest import Gateway, auth, upload_id
-
-MiB = 1024 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from tests.support.gateway import Gateway
+from tests.support.tokens import auth
 
 
 async def sign(gw: Gateway, location: str, parts: list[Any], subject: str = "alice",
@@ -57,16 +50,3 @@ async def upload_direct(gw: Gateway, location: str, data: bytes, part_size: int)
         assert await put_part(gw, part, chunk) == 200
         status, _ = await confirm(gw, location, number)
         assert status == 204
-
-
-def stored_bytes(s3: Any, bucket: str, key: str) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-async def stored_sha256(db: Any, s3: Any, location: str) -> str:
-    """sha256 of the object of a completed upload, read back from S3."""
-    row = await db.fetchrow("select bucket, s3_key, state from uploads where id = $1", upload_id(location))
-    assert row is not None, f"no upload row for {location}"
-    assert row["state"] == "completed", row["state"]
-    data = await asyncio.to_thread(stored_bytes, s3, row["bucket"], row["s3_key"])
-    return hashlib.sha256(data).hexdigest()

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.support import MiB
+
 NODE = shutil.which("node")
-MiB = 1024 * 1024
 
 
 def node_major() -> int:

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.embedded import StackInfo, free_port
-from tests.conftest import AUDIENCE, ISSUER, SECRET
+from tests.support.tokens import AUDIENCE, ISSUER, SECRET
 
 
 class GatewayProcess:

@@ -1,0 +1,71 @@
+"""An in-process gateway for the tests: settings against the test stack, a server and a client session."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.embedded import StackInfo
+from tests.support.tokens import AUDIENCE, ISSUER, SECRET, auth
+
+
+def make_settings(stack: StackInfo, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url=stack.database_url, s3_endpoint_url=stack.s3_endpoint_url, s3_bucket=stack.s3_bucket,
+        s3_region=stack.s3_region, s3_access_key_id=stack.s3_access_key_id,
+        s3_secret_access_key=stack.s3_secret_access_key, s3_key_prefix=f"test-{uuid.uuid4().hex[:8]}",
+        jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER, cors_origins=("https://app.example",),
+        db_pool_min=1, db_pool_max=10, max_upload_size=50 * 1024**3,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Gateway:
+    url: str
+    settings: Settings
+    http: ClientSession
+    app: web.Application
+
+    def files(self, path: str = "") -> str:
+        return f"{self.url}{self.settings.base_path}{path}"
+
+    async def create(self, length: int | None, subject: str = "alice", **headers: str) -> str:
+        extra = {"Upload-Length": str(length)} if length is not None else {"Upload-Defer-Length": "1"}
+        async with self.http.post(self.files(), headers={**auth(subject), **extra, **headers}) as response:
+            assert response.status == 201, await response.text()
+            return response.headers["Location"]
+
+
+async def start_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with ClientSession() as http:
+        yield Gateway(str(server.make_url("")).rstrip("/"), settings, http, app)
+    await server.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    """`start_gateway` as an async context manager (for tests that run several gateways at once)."""
+    instance = start_gateway(settings)
+    gw = await anext(instance)
+    try:
+        yield gw
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(instance)  # start_gateway's own cleanup: close the server
+
+
+def upload_id(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
