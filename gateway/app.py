@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
@@ -39,11 +40,9 @@ from gateway.http.keys import (
 )
 from gateway.http.routes import setup_http
 from gateway.metrics import DB_POOL_SIZE, UPLOADS, WEBHOOK_BACKLOG
-from gateway.s3.client import s3_client
+from gateway.s3.adapters import s3_adapters
+from gateway.s3.credentials import CredentialSource
 from gateway.s3.objects import S3ObjectStore
-from gateway.s3.presign import S3PartSigner
-from gateway.s3.signed_requests import S3SignedRequests
-from gateway.s3.sigv4 import Credentials, SigV4Signer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,7 @@ class Services:
     repo: PgUploadRepository
     store: S3ObjectStore
     pool: asyncpg.Pool
+    credentials: CredentialSource
 
 
 BACKGROUND = web.AppKey("background", Background)
@@ -77,11 +77,6 @@ def limits_from(settings: Settings) -> Limits:
     """Every Limits field but the quota is the setting of the same name."""
     copied = {f.name: getattr(settings, f.name) for f in fields(Limits) if f.name != "quota"}
     return Limits(**copied, quota=Quota(settings.max_active_uploads_per_owner, settings.max_active_bytes_per_owner))
-
-
-def make_signer(settings: Settings, endpoint_url: str) -> SigV4Signer:
-    credentials = Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
-    return SigV4Signer(credentials, settings.s3_region, endpoint_url)
 
 
 @contextlib.asynccontextmanager
@@ -97,16 +92,13 @@ async def gateway_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(data_session.close)
         hook_session = aiohttp.ClientSession()
         stack.push_async_callback(hook_session.close)
-        client = await stack.enter_async_context(s3_client(settings))
-        signed = S3SignedRequests(data_session, make_signer(settings, settings.s3_endpoint_url), settings.s3_bucket)
-        store = S3ObjectStore(client, settings.s3_bucket, signed)
+        s3 = await stack.enter_async_context(s3_adapters(settings, data_session))
+        store, signed = s3.store, s3.signed
         repo = PgUploadRepository(pool)
         limits = limits_from(settings)
         create_hook = (HttpCreateHook(hook_session, settings.pre_create_hook_url, settings.hook_timeout)
                        if settings.pre_create_hook_url else None)
         completion = Completion(repo, store, limits)
-        # Presigned URLs carry the endpoint clients reach; streamed calls use the internal one.
-        part_signer = S3PartSigner(make_signer(settings, settings.presign_endpoint_url), settings.s3_bucket)
         completion_worker = CompletionWorker(repo, completion, settings.completion_retry_after)
         sweeper = Sweeper(repo, store, completion_worker, key_prefix=settings.s3_key_prefix,
                           tombstone_days=settings.tombstone_days, orphan_grace=settings.orphan_grace)
@@ -114,11 +106,11 @@ async def gateway_services(settings: Settings) -> AsyncIterator[Services]:
                                                               settings.hook_timeout), settings.webhook_urls)
                       if settings.webhook_urls else None)
         yield Services(
-            uploads=UploadService(repo, store, part_signer, completion, limits, create_hook),
+            uploads=UploadService(repo, store, s3.part_signer, completion, limits, create_hook),
             proxy=ProxyUploads(repo, signed, completion, limits),
             concat=Concatenation(repo, store, signed, limits),
             background=Background(completion_worker, sweeper, dispatcher),
-            repo=repo, store=store, pool=pool)
+            repo=repo, store=store, pool=pool, credentials=s3.credentials)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -129,7 +121,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[PROXY] = services.proxy
         app[CONCAT] = services.concat
         app[BACKGROUND] = background
-        probes: dict[str, Probe] = {"postgres": repo.ping, "s3": services.store.ping}
+        upload_prefix = f"{settings.s3_key_prefix}/" if settings.s3_key_prefix else ""
+        probes: dict[str, Probe] = {"postgres": repo.ping, "s3": functools.partial(services.store.ping, upload_prefix)}
         app[READINESS_CHECKS] = probes
 
         async def sample_gauges() -> None:
@@ -141,8 +134,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
         samplers: list[Probe] = [sample_gauges]
         app[METRICS_SAMPLERS] = samplers
-        jobs = [run_periodically("sweeper", min(settings.sweep_interval, settings.completion_retry_after / 2),
-                                 background.sweeper.run_once)]
+        sweep_every = min(settings.sweep_interval, settings.completion_retry_after / 2)
+        jobs = [services.credentials.keep_fresh(),
+                run_periodically("sweeper", sweep_every, background.sweeper.run_once)]
         if background.dispatcher is not None:
             jobs.append(run_periodically("webhooks", 1.0, background.dispatcher.run_once))
         tasks = [asyncio.create_task(job) for job in jobs]

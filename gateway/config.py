@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.core.model import S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, GiB, MiB
 
@@ -103,6 +104,17 @@ def _key_prefix(text: str) -> str:
     return text.strip().strip("/")
 
 
+def _storage_class(text: str) -> str:
+    if not re.match(r"^[A-Z][A-Z0-9_]{1,40}$", text.strip()):
+        raise ValueError("an S3 storage class, e.g. STANDARD, STANDARD_IA, INTELLIGENT_TIERING")
+    return text.strip()
+
+
+def is_aws_endpoint(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
 _BY_TYPE: dict[str, Callable[[str], Any]] = {
     "str": str.strip, "int": lambda text: int(text.strip()), "float": float, "bool": _bool,
     "tuple[str, ...]": _list,
@@ -132,13 +144,25 @@ class Settings:
     db_pool_max: int = 20
     # 0 behind PgBouncer in transaction mode (named prepared statements break there).
     db_statement_cache_size: int = setting(100, **_at_least(0, "must be >= 0"))
+    # Empty: AWS's regional endpoint, https://s3.{region}.amazonaws.com.
     s3_endpoint_url: str = setting("", _url)
     s3_public_endpoint_url: str = setting("", _url)
     s3_bucket: str = ""
     s3_region: str = "us-east-1"
-    s3_access_key_id: str = ""
+    # Empty: the standard AWS credential chain (env, profile, web identity, container, IMDS).
+    s3_access_key_id: str = setting("", check=lambda v, s: bool(v) == bool(s.s3_secret_access_key),
+                                    message="set together with GATEWAY_S3_SECRET_ACCESS_KEY, or neither "
+                                            "(then the AWS credential chain is used)")
     s3_secret_access_key: str = ""
     s3_key_prefix: str = setting("uploads", _key_prefix)
+    # auto: virtual-hosted on AWS endpoints for DNS-compatible bucket names, path-style elsewhere.
+    s3_addressing_style: str = setting("auto", _one_of("auto", "path", "virtual"))
+    s3_accelerate: bool = setting(False, check=lambda v, s: not v or is_aws_endpoint(s.presign_endpoint_url),
+                                  message="S3 Transfer Acceleration exists on AWS endpoints only")
+    s3_sse: str = setting("", _one_of("AES256", "aws:kms"))
+    s3_sse_kms_key_id: str = setting("", check=lambda v, s: not v or s.s3_sse == "aws:kms",
+                                     message="needs GATEWAY_S3_SSE=aws:kms")
+    s3_storage_class: str = setting("", _storage_class)
     host: str = "127.0.0.1"
     port: int = setting(8080, check=lambda v, s: 0 < v < 65536, message="must be between 1 and 65535")
     base_path: str = setting("/files", _base_path)
@@ -193,13 +217,18 @@ class Settings:
     reconcile_interval: float = setting(3.0, parse_duration)
 
     @property
+    def s3_endpoint(self) -> str:
+        """The S3 endpoint the gateway calls."""
+        return self.s3_endpoint_url or f"https://s3.{self.s3_region}.amazonaws.com"
+
+    @property
     def presign_endpoint_url(self) -> str:
         """The S3 endpoint clients reach; the host is part of every signature."""
-        return self.s3_public_endpoint_url or self.s3_endpoint_url
+        return self.s3_public_endpoint_url or self.s3_endpoint
 
     def require_services(self) -> None:
         """`gateway serve` needs real database and S3 settings; dev and tests fill them in."""
-        for name in ("database_url", "s3_endpoint_url", "s3_bucket", "s3_access_key_id", "s3_secret_access_key"):
+        for name in ("database_url", "s3_bucket"):
             if not getattr(self, name):
                 raise ConfigError(f"{env_name(name)} is required")
 

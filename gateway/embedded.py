@@ -289,10 +289,12 @@ def _postgres_os_user() -> str | None:
 
 class EmbeddedSeaweed:
     def __init__(self, data_dir: Path, bucket: str = "uploads", port: int | None = None,
-                 cors_origins: Sequence[str] = ("*",)) -> None:
+                 cors_origins: Sequence[str] = ("*",), extra_keys: Sequence[tuple[str, str]] = ()) -> None:
         self.data_dir = data_dir
         self.bucket = bucket
         self.port = port
+        # More (access key, secret) pairs of the same identity: tests rotate credentials through them.
+        self.extra_keys = list(extra_keys)
         self.cors_origins = list(cors_origins)
         self.server = _Server("seaweedfs", data_dir / "weed.log")
 
@@ -310,7 +312,8 @@ class EmbeddedSeaweed:
         s3_config.touch(mode=0o600)
         s3_config.write_text(json.dumps({"identities": [{
             "name": "gateway",
-            "credentials": [{"accessKey": access_key, "secretKey": secret}],
+            "credentials": [{"accessKey": key, "secretKey": value}
+                            for key, value in ((access_key, secret), *self.extra_keys)],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         (self.data_dir / "data").mkdir(exist_ok=True)

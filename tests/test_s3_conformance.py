@@ -28,7 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from gateway.app import make_signer
+from gateway.s3.adapters import make_signer
 from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
@@ -152,7 +152,8 @@ async def page_through(store: S3ObjectStore, key: str, upload_id: str, max_parts
 
 
 async def test_list_parts_probe_around_parts_1_2_10000(server: Server, store: S3ObjectStore) -> None:
-    """The confirm probe: ListParts(marker=n-1, max-parts=3), accept only PartNumber == n (docs/architecture.md §3.2)."""
+    """The confirm probe: ListParts(marker=n-1, max-parts=3), accept only PartNumber == n
+    (docs/architecture.md §3.2)."""
     key, upload_id = await create(store)
     put_part(server, key, upload_id, 1, b"1" * (5 * MiB))
     put_part(server, key, upload_id, 2, b"2" * (5 * MiB))

@@ -107,11 +107,11 @@ class Concatenation:
         store = self.store
         plan = plan_parts([(p.key, p.length or 0) for p in partials])
         if not plan:
-            await store.put_empty(key, content_type=content_type, metadata=s3_meta)
+            await store.put_empty(key, content_type=content_type, metadata=s3_meta, filename=md.filename(kept))
             multipart_id = None
         else:
             multipart_id = await store.create_multipart(key, content_type=content_type, metadata=s3_meta,
-                                                        checksum=None)
+                                                        checksum=None, filename=md.filename(kept))
             try:
                 parts = [await self._assemble(key, multipart_id, part) for part in plan]
                 await store.complete(key, multipart_id, parts, None)

@@ -132,9 +132,12 @@ class ObjectHead:
 
 class ObjectStore(Protocol):
     async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
-                               checksum: PartChecksum | None) -> str: ...
+                               checksum: PartChecksum | None, filename: str | None = None) -> str:
+        """The multipart upload's id; the final object will carry the type and (sanitized) filename."""
+        ...
 
-    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str]) -> None: ...
+    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str],
+                        filename: str | None = None) -> None: ...
 
     async def list_parts(self, key: str, multipart_id: str, marker: int, max_parts: int) -> PartsPage:
         """Raises UploadError(NOT_FOUND) when the multipart upload is gone (NoSuchUpload)."""

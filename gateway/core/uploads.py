@@ -119,12 +119,13 @@ class UploadService:
         s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
         if length == 0:
             # Complete at once; a zero-part CompleteMultipartUpload fails on AWS and SeaweedFS.
-            await self.store.put_empty(key, content_type=content_type, metadata=s3_meta)
+            await self.store.put_empty(key, content_type=content_type, metadata=s3_meta,
+                                       filename=md.filename(kept))
             multipart_id, state = None, State.COMPLETED
         else:
             # S3 first: a failed INSERT then leaves only an upload the lifecycle rule removes.
             multipart_id = await self.store.create_multipart(
-                key, content_type=content_type, metadata=s3_meta, checksum=part_checksum)
+                key, content_type=content_type, metadata=s3_meta, checksum=part_checksum, filename=md.filename(kept))
             state = State.ACTIVE
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=kept, bucket=limits.s3_bucket, key=key, multipart_id=multipart_id, state=state,

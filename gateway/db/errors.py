@@ -22,6 +22,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A primary demoted during a failover answers writes like this until the pool reconnects.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 

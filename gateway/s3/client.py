@@ -1,9 +1,11 @@
-"""The aiobotocore S3 client of a process, and the translation of its errors into the core's."""
+"""The aiobotocore S3 client of a process, the S3 settings every request shares (addressing, object
+settings), and the translation of botocore's errors into the core's."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +13,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.config import Settings
+from gateway.config import Settings, is_aws_endpoint
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.metrics import timed_s3_call
 
@@ -22,12 +24,42 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def virtual_hosted(settings: Settings, endpoint_url: str) -> bool:
+    """GATEWAY_S3_ADDRESSING_STYLE for this endpoint. `auto` is virtual-hosted on AWS for bucket names
+    that are one DNS label (dotted names break TLS on `*.s3...` certificates), path-style elsewhere
+    (S3-compatible servers and local endpoints rarely have per-bucket DNS)."""
+    style = settings.s3_addressing_style
+    if style != "auto":
+        return style == "virtual"
+    return is_aws_endpoint(endpoint_url) and bool(_DNS_BUCKET.match(settings.s3_bucket))
+
+
+ACCELERATE_ENDPOINT = "https://s3-accelerate.amazonaws.com"
+
+
+def object_headers(settings: Settings) -> dict[str, str]:
+    """Headers of every object and multipart upload the gateway creates (encryption, storage class)."""
+    headers = {}
+    if settings.s3_sse:
+        headers["x-amz-server-side-encryption"] = settings.s3_sse
+    if settings.s3_sse_kms_key_id:
+        headers["x-amz-server-side-encryption-aws-kms-key-id"] = settings.s3_sse_kms_key_id
+    if settings.s3_storage_class:
+        headers["x-amz-storage-class"] = settings.s3_storage_class
+    return headers
+
+
 @contextlib.asynccontextmanager
-async def s3_client(settings: Settings) -> AsyncIterator[Any]:
-    """One client per process, entered once in the app factory."""
+async def s3_client(settings: Settings, session: Any = None) -> AsyncIterator[Any]:
+    """One client per process, entered once in the app factory. Without static keys it signs with the
+    session's credential chain: the same refreshing credentials object our own signer reads."""
+    style = "virtual" if virtual_hosted(settings, settings.s3_endpoint) else "path"
     config = AioConfig(
         signature_version="s3v4",
-        s3={"addressing_style": "path"},
+        s3={"addressing_style": style},
         # botocore >= 1.36 adds CRC32 to requests by default; S3-compatibles and fixed algorithms disagree.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -36,9 +68,9 @@ async def s3_client(settings: Settings) -> AsyncIterator[Any]:
         read_timeout=60,
         retries={"max_attempts": 3, "mode": "standard"},
     )
-    session = get_session()
+    session = session or get_session()
     async with session.create_client(
-        "s3", endpoint_url=settings.s3_endpoint_url or None, region_name=settings.s3_region,
+        "s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
         aws_access_key_id=settings.s3_access_key_id or None,
         aws_secret_access_key=settings.s3_secret_access_key or None, config=config,
     ) as client:

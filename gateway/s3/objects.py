@@ -28,15 +28,14 @@ class S3ObjectStore:
         self.signed = signed
 
     async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
-                               checksum: PartChecksum | None) -> str:
+                               checksum: PartChecksum | None, filename: str | None = None) -> str:
         algorithm = _CHECKSUM_ALGORITHM.get(checksum) if checksum else None
         return await self.signed.create_multipart(key, content_type=content_type, metadata=metadata,
-                                               checksum_algorithm=algorithm)
+                                                  checksum_algorithm=algorithm, filename=filename)
 
-    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str]) -> None:
-        async with translate("PutObject"):
-            await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", ContentType=content_type,
-                                         Metadata=metadata)
+    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str],
+                        filename: str | None = None) -> None:
+        await self.signed.put_empty(key, content_type=content_type, metadata=metadata, filename=filename)
 
     async def list_parts(self, key: str, multipart_id: str, marker: int, max_parts: int) -> PartsPage:
         async with translate("ListParts", not_found=("NoSuchUpload", "NoSuchKey")):
@@ -114,6 +113,8 @@ class S3ObjectStore:
                 for item in page.get("Uploads", []):
                     yield MultipartListing(str(item["Key"]), str(item["UploadId"]), item["Initiated"])
 
-    async def ping(self) -> None:
-        async with translate("HeadBucket"):
-            await self.client.head_bucket(Bucket=self.bucket)
+    async def ping(self, prefix: str = "") -> None:
+        """Readiness: the call the sweeper makes anyway, so the least-privilege policy
+        (deploy/iam-policy.json) allows it; HeadBucket would need s3:ListBucket."""
+        async with translate("ListMultipartUploads"):
+            await self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix, MaxUploads=1)

@@ -6,6 +6,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from gateway.core.ports import SignedPart
+from gateway.s3.credentials import CredentialSource
 from gateway.s3.sigv4 import SigV4Signer
 
 
@@ -16,9 +17,14 @@ def content_disposition(filename: str) -> str:
 
 
 class S3PartSigner:
-    def __init__(self, signer: SigV4Signer, bucket: str) -> None:
-        self.signer = signer
+    """Part URLs may go to another endpoint than downloads (S3 Transfer Acceleration)."""
+
+    def __init__(self, parts: SigV4Signer, downloads: SigV4Signer, bucket: str,
+                 credentials: CredentialSource) -> None:
+        self.parts = parts
+        self.downloads = downloads
         self.bucket = bucket
+        self.credentials = credentials
 
     def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
                   checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
@@ -31,17 +37,17 @@ class S3PartSigner:
             name, value = checksum_header
             signed[name] = value
             client_headers[name] = value
-        url = self.signer.presign_url(
+        url = self.parts.presign_url(
             "PUT", self.bucket, key, query={"partNumber": str(number), "uploadId": multipart_id},
             signed_headers=signed, expires_in=expires_in)
         return SignedPart(url, client_headers)
 
     def sign_download(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str:
-        return self.signer.presign_url(
+        return self.downloads.presign_url(
             "GET", self.bucket, key,
             query={"response-content-disposition": content_disposition(filename),
                    "response-content-type": content_type},
             expires_in=expires_in)
 
     def credentials_expire_at(self) -> datetime | None:
-        return None  # static keys; STS credentials would report their expiry here
+        return self.credentials.expires_at

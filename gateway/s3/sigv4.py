@@ -1,11 +1,12 @@
-"""Fast AWS Signature V4 signing for S3, path-style addressing only.
+"""Fast AWS Signature V4 signing for S3, path-style or virtual-hosted addressing.
 
 botocore builds an AWSRequest, runs event hooks and re-parses its own URL for
 every presigned URL; that costs ~250us per URL (vs ~14us here, see
 bench/presign.py). This module does only the cryptographic minimum: the
-signing key is derived once per (secret, date, region, service) and cached,
-so each URL costs one SHA-256 of the canonical request and one HMAC-SHA256
-of the string-to-sign.
+signing key is derived once per (credentials, date, region, service) and
+cached, so each URL costs one SHA-256 of the canonical request and one
+HMAC-SHA256 of the string-to-sign. Credentials may rotate (STS): every
+signature takes one snapshot of them, so a rotation never mixes keys.
 
 Output is byte-for-byte identical to botocore's ``generate_presigned_url`` /
 ``S3SigV4Auth`` for the same inputs and clock (see tests/test_sigv4.py), so
@@ -19,7 +20,7 @@ import functools
 import hashlib
 import hmac
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -50,6 +51,8 @@ class Credentials:
     # repr=False: keep secrets out of logs and tracebacks.
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # When temporary credentials stop working (None: long-lived keys).
+    expires_at: datetime | None = None
 
 
 # Percent-encoding tables, byte -> output. Equivalent to urllib.parse.quote
@@ -86,8 +89,9 @@ def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 class _Day(NamedTuple):
-    """Everything in a signature that only changes at midnight UTC."""
+    """Everything in a signature that only changes at midnight UTC or when the credentials rotate."""
 
+    credentials: Credentials
     date: str  # YYYYMMDD
     scope: str  # date/region/service/aws4_request
     key: bytes  # derived signing key
@@ -99,10 +103,19 @@ def _trim(value: str) -> str:
     return " ".join(str(value).split())
 
 
-class SigV4Signer:
-    """Signs S3 requests for one endpoint/region/credential set.
+class _Target(NamedTuple):
+    """Where a bucket's requests go: URL base, signed Host, path before the key."""
 
-    URLs are path-style: ``{endpoint_url}/{bucket}/{key}``. The key is
+    base: str
+    host: str
+    path: str
+
+
+class SigV4Signer:
+    """Signs S3 requests for one endpoint/region and the current credentials.
+
+    URLs are path-style, ``{endpoint_url}/{bucket}/{key}``, or virtual-hosted,
+    ``{scheme}://{bucket}.{endpoint host}/{key}`` (``virtual_host=True``). The key is
     percent-encoded with ``/`` kept as a separator (like botocore's ``{Key+}``)
     and is not normalised, so ``a//b`` and ``./x`` are sent as-is.
 
@@ -116,10 +129,12 @@ class SigV4Signer:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: Credentials | Callable[[], Credentials],
         region: str,
         endpoint_url: str,
         service: str = "s3",
+        *,
+        virtual_host: bool = False,
     ) -> None:
         parts = urlsplit(endpoint_url)
         host = parts.hostname  # already lowercase
@@ -127,12 +142,15 @@ class SigV4Signer:
             raise ValueError(f"endpoint_url must be http(s)://host[:port][/path]: {endpoint_url!r}")
         if parts.query or parts.fragment:
             raise ValueError(f"endpoint_url must not have a query or fragment: {endpoint_url!r}")
-        self.credentials = credentials
+        # A callable is asked once per signature (rotating credentials).
+        self._credentials = credentials if callable(credentials) else (lambda: credentials)
         self.region = region
         self.service = service
+        self.virtual_host = virtual_host
         # URL keeps the endpoint as given (botocore keeps an explicit :443);
         # an endpoint path prefix is kept, minus its trailing slash.
-        self._base = f"{parts.scheme}://{parts.netloc}"
+        self._scheme = parts.scheme
+        self._netloc = parts.netloc
         self._prefix = parts.path.rstrip("/")
         # Signed Host header: lowercase, default port dropped, no userinfo --
         # what HTTP clients actually send (mirrors botocore._host_from_url).
@@ -141,19 +159,25 @@ class SigV4Signer:
         if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
             host = f"{host}:{parts.port}"
         self.host = host
-        # One-slot per-day cache in front of _signing_key: saves the lookup
-        # and re-encoding the credential on every URL. Replacing a tuple
-        # attribute is atomic, so this is thread-safe without a lock.
+        self._targets: dict[str, _Target] = {}
+        # One-slot cache in front of _signing_key, per day and credentials:
+        # saves the lookup and re-encoding the credential on every URL.
+        # Replacing a tuple attribute is atomic, so no lock is needed.
         self._day: _Day | None = None
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials()
 
     # -- public API -------------------------------------------------------
 
     def url(self, bucket: str, key: str, query: Mapping[str, str] | None = None) -> str:
         """Unsigned URL, encoded exactly like the signed ones."""
-        path = self._path(bucket, key)
+        target = self._target(bucket)
+        path = self._path(target, key)
         if not query:
-            return f"{self._base}{path}"
-        return f"{self._base}{path}?" + "&".join(f"{k}={v}" for k, v in _encode(query))
+            return f"{target.base}{path}"
+        return f"{target.base}{path}?" + "&".join(f"{k}={v}" for k, v in _encode(query))
 
     def presign_url(
         self,
@@ -175,9 +199,10 @@ class SigV4Signer:
         if not 1 <= expires_in <= MAX_EXPIRES:
             raise ValueError(f"expires_in must be in 1..{MAX_EXPIRES}, got {expires_in}")
         amz_date, day = self._scope(now)
-        names, canonical_headers = self._canonical_headers(signed_headers or {})
-        path = self._path(bucket, key)
-        creds = self.credentials
+        target = self._target(bucket)
+        names, canonical_headers = self._canonical_headers(target, signed_headers or {})
+        path = self._path(target, key)
+        creds = day.credentials
         # botocore's order: operation params first, then auth params in this
         # fixed order, then X-Amz-Signature last.
         params = _encode(query) if query else []
@@ -188,13 +213,13 @@ class SigV4Signer:
             ("X-Amz-Expires", str(int(expires_in))),
             ("X-Amz-SignedHeaders", _q(names)),
         ]
-        if creds.session_token is not None:
+        if creds.session_token:
             params.append(("X-Amz-Security-Token", _q(creds.session_token)))
         signature = self._signature(
             day, amz_date, method, path, params, canonical_headers, names, UNSIGNED_PAYLOAD
         )
         qs = "&".join(f"{k}={v}" for k, v in params)
-        return f"{self._base}{path}?{qs}&X-Amz-Signature={signature}"
+        return f"{target.base}{path}?{qs}&X-Amz-Signature={signature}"
 
     def sign_headers(
         self,
@@ -217,31 +242,45 @@ class SigV4Signer:
         (S3 only accepts that over TLS or from trusting local endpoints).
         """
         amz_date, day = self._scope(now)
-        ours = {"host": self.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload_sha256}
-        if self.credentials.session_token is not None:
-            ours["x-amz-security-token"] = self.credentials.session_token
+        target = self._target(bucket)
+        creds = day.credentials
+        ours = {"host": target.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload_sha256}
+        if creds.session_token:
+            ours["x-amz-security-token"] = creds.session_token
         # Our values win over caller-supplied ones with the same name, as in
         # botocore (which deletes and re-sets them).
         out = {k: v for k, v in (headers or {}).items() if k.lower() not in ours and k.lower() != "authorization"}
-        names, canonical_headers = self._canonical_headers({**out, **ours})
-        path = self._path(bucket, key)
+        names, canonical_headers = self._canonical_headers(target, {**out, **ours})
+        path = self._path(target, key)
         params = _encode(query) if query else []
         signature = self._signature(day, amz_date, method, path, params, canonical_headers, names, payload_sha256)
         out.update(ours)
         out["authorization"] = (
-            f"{ALGORITHM} Credential={self.credentials.access_key_id}/{day.scope}, "
+            f"{ALGORITHM} Credential={creds.access_key_id}/{day.scope}, "
             f"SignedHeaders={names}, Signature={signature}"
         )
         return out
 
     # -- internals --------------------------------------------------------
 
-    def _path(self, bucket: str, key: str) -> str:
+    def _target(self, bucket: str) -> _Target:
+        target = self._targets.get(bucket)
+        if target is None:
+            if self.virtual_host:
+                target = _Target(f"{self._scheme}://{bucket}.{self._netloc}", f"{bucket}.{self.host}", self._prefix)
+            else:
+                target = _Target(f"{self._scheme}://{self._netloc}", self.host, f"{self._prefix}/{_q(bucket)}")
+            self._targets[bucket] = target
+        return target
+
+    @staticmethod
+    def _path(target: _Target, key: str) -> str:
         # "/" stays a separator in keys; bucket names never contain one. An
-        # empty key addresses the bucket itself (botocore: "/bucket").
+        # empty key addresses the bucket itself (botocore: "/bucket", or "/"
+        # on a virtual host).
         if not key:
-            return f"{self._prefix}/{_q(bucket)}"
-        return f"{self._prefix}/{_q(bucket)}/{_q_path(key)}"
+            return target.path or "/"
+        return f"{target.path}/{_q_path(key)}"
 
     def _scope(self, now: datetime | None) -> tuple[str, _Day]:
         if now is None:
@@ -250,17 +289,19 @@ class SigV4Signer:
             now = now.astimezone(UTC)
         # Naive datetimes are taken as UTC (as botocore's clock is).
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        creds = self._credentials()
         day = self._day
-        if day is None or day.date != amz_date[:8]:
+        if day is None or day.date != amz_date[:8] or day.credentials is not creds:
             date = amz_date[:8]
             scope = f"{date}/{self.region}/{self.service}/aws4_request"
-            key = _signing_key(self.credentials.secret_access_key, date, self.region, self.service)
-            day = self._day = _Day(date, scope, key, _q(f"{self.credentials.access_key_id}/{scope}"))
+            key = _signing_key(creds.secret_access_key, date, self.region, self.service)
+            day = self._day = _Day(creds, date, scope, key, _q(f"{creds.access_key_id}/{scope}"))
         return amz_date, day
 
-    def _canonical_headers(self, headers: Mapping[str, str]) -> tuple[str, str]:
+    @staticmethod
+    def _canonical_headers(target: _Target, headers: Mapping[str, str]) -> tuple[str, str]:
         """Return (signed header names, canonical header block incl. host)."""
-        merged: dict[str, list[str]] = {"host": [self.host]}
+        merged: dict[str, list[str]] = {"host": [target.host]}
         for name, value in headers.items():
             lname = name.strip().lower()
             if lname in _UNSIGNABLE or lname == "host":

@@ -511,7 +511,7 @@ class MemoryObjectStore:
     # ObjectStore
 
     async def create_multipart(self, key: str, *, content_type: str, metadata: dict[str, str],
-                               checksum: PartChecksum | None) -> str:
+                               checksum: PartChecksum | None, filename: str | None = None) -> str:
         await self._enter("create_multipart")
         multipart_id = f"mp-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         self.multipart[multipart_id] = Multipart(key, content_type, dict(metadata),
@@ -519,7 +519,8 @@ class MemoryObjectStore:
                                                  self.clock.now())
         return multipart_id
 
-    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str]) -> None:
+    async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str],
+                        filename: str | None = None) -> None:
         await self._enter("put_empty")
         self.objects[key] = StoredObject(b"", content_type, dict(metadata))
 
