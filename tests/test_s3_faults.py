@@ -13,6 +13,7 @@ from tests.support.direct import confirm, put_part, sign_ok
 from tests.support.gateway import make_settings, start_gateway, upload_id
 from tests.support.proxies import S3Proxy
 from tests.support.storage import sha256, stored_bytes
+from tests.support.tokens import auth
 
 
 @pytest.fixture
@@ -39,3 +40,25 @@ async def test_complete_answering_200_with_error_is_not_success(stack, faulty_s3
         assert fault.completes == 2
         assert row["state"] == "completed"
         assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
+
+
+async def test_without_multi_object_delete_stash_objects_are_deleted_one_by_one(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """A server without DeleteObjects (GCS's XML API answers 501): superseded stash segments still go."""
+    async with S3Proxy(stack.s3_endpoint_url, multi_delete=False) as no_bulk:
+        settings = make_settings(stack, s3_endpoint_url=no_bulk.url, s3_public_endpoint_url=stack.s3_endpoint_url)
+        async for gw in start_gateway(settings):
+            data = os.urandom(5 * MiB + 1000)
+            location = await gw.create(len(data), **{"Upload-Part-Size": str(5 * MiB)})
+            offset = 0
+            for chunk in (1 * MiB, 3 * MiB, len(data) - 4 * MiB):  # two stash segments, then the parts
+                async with gw.http.patch(location, data=data[offset:offset + chunk], headers={
+                        **auth(), "Content-Type": "application/offset+octet-stream",
+                        "Upload-Offset": str(offset)}) as response:
+                    assert response.status == 204, await response.text()
+                offset += chunk
+            row = await upload_row(db, upload_id(location))
+            assert row["state"] == "completed"
+            assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
+            stash = s3.list_objects_v2(Bucket=row["bucket"], Prefix=f"{settings.s3_key_prefix}/stash/{row['id']}/")
+            assert stash.get("KeyCount", 0) == 0
+            assert no_bulk.deletes >= 2

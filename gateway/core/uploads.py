@@ -216,7 +216,10 @@ class UploadService:
         expires_at = now + timedelta(seconds=limits.presign_ttl)
         credentials_end = self.signer.credentials_expire_at()
         if credentials_end is not None:
-            expires_at = min(expires_at, credentials_end - CREDENTIAL_MARGIN)
+            # A URL never outlives the credentials that signed it; the margin leaves the client time to
+            # finish a PUT it starts at the last moment (half the time left for short-lived credentials).
+            margin = min(CREDENTIAL_MARGIN, (credentials_end - now) / 2)
+            expires_at = min(expires_at, credentials_end - margin)
         expires_in = int((expires_at - now).total_seconds())
         if expires_in <= 0:
             raise UploadError(ErrorCode.STORAGE_UNAVAILABLE, "signing credentials are about to expire", retry_after=5)

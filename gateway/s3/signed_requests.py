@@ -8,6 +8,7 @@ retries: a retry is the client resuming. CreateMultipartUpload skips botocore's 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -26,6 +27,8 @@ from gateway.s3.sigv4 import SigV4Signer
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+# Answers of a server without multi-object delete.
+_NOT_IMPLEMENTED = (405, 501)
 _UPLOAD_ID = re.compile(r"<UploadId>([^<]+)</UploadId>")
 
 
@@ -43,6 +46,8 @@ class S3SignedRequests:
         self.bucket = bucket
         # Encryption and storage class of everything created (gateway.s3.client.object_headers).
         self.object_headers = object_headers or {}
+        # Cleared once the server says it has no multi-object delete (GCS's XML API).
+        self.multi_delete = True
 
     async def _request(self, method: str, key: str, *, query: dict[str, str] | None = None,
                        headers: dict[str, str] | None = None, body: AsyncIterator[bytes] | bytes | None = None,
@@ -116,15 +121,31 @@ class S3SignedRequests:
     async def delete_objects(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
-            xml = "<Delete><Quiet>true</Quiet>" + "".join(
-                f"<Object><Key>{escape(k)}</Key></Object>" for k in batch) + "</Delete>"
-            payload = xml.encode()
-            # DeleteObjects requires Content-MD5.
-            headers = {"Content-MD5": base64.b64encode(hashlib.md5(payload).digest()).decode(),
-                       "Content-Length": str(len(payload))}
-            response = await self._request("POST", "", query={"delete": ""}, headers=headers, body=payload,
-                                           operation="DeleteObjects")
-            async with response:
-                text = await response.text()
-                if response.status != 200 or "<Error>" in text:
-                    raise _storage_error("DeleteObjects", f"{response.status} {text[:300]}")
+            if not self.multi_delete or not await self._delete_batch(batch):
+                await asyncio.gather(*(self._delete_one(key) for key in batch))
+
+    async def _delete_batch(self, keys: Sequence[str]) -> bool:
+        """DeleteObjects; False (and single deletes from then on) where the server lacks it (GCS)."""
+        xml = "<Delete><Quiet>true</Quiet>" + "".join(
+            f"<Object><Key>{escape(k)}</Key></Object>" for k in keys) + "</Delete>"
+        payload = xml.encode()
+        # DeleteObjects requires Content-MD5.
+        headers = {"Content-MD5": base64.b64encode(hashlib.md5(payload).digest()).decode(),
+                   "Content-Length": str(len(payload))}
+        response = await self._request("POST", "", query={"delete": ""}, headers=headers, body=payload,
+                                       operation="DeleteObjects")
+        async with response:
+            text = await response.text()
+        if response.status in _NOT_IMPLEMENTED or "<Code>NotImplemented</Code>" in text:
+            log.warning("S3 DeleteObjects is not supported here (%s); deleting objects one by one", response.status)
+            self.multi_delete = False
+            return False
+        if response.status != 200 or "<Error>" in text:
+            raise _storage_error("DeleteObjects", f"{response.status} {text[:300]}")
+        return True
+
+    async def _delete_one(self, key: str) -> None:
+        response = await self._request("DELETE", key, operation="DeleteObject")
+        async with response:
+            if response.status not in (200, 204, 404):
+                raise _storage_error("DeleteObject", f"{response.status} {(await response.text())[:300]}")

@@ -154,6 +154,9 @@ ERROR_IN_200 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalE
                 b"<Message>We encountered an internal error. Please try again.</Message></Error>")
 EXPIRED = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
            "<Message>Request has expired</Message></Error>")
+NOT_IMPLEMENTED = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
+                   "<Message>A header or query you provided implies functionality that is not implemented."
+                   "</Message></Error>")
 
 
 @dataclass
@@ -162,7 +165,8 @@ class S3Proxy:
 
     Counts PUTs and their body bytes; the first PUT of each part number in `refuse_once` gets 403
     (recorded in `refused`); the next `complete_faults` CompleteMultipartUploads get 200 with an <Error>
-    body (`completes` counts every CompleteMultipartUpload that arrived)."""
+    body (`completes` counts every CompleteMultipartUpload that arrived). With `multi_delete=False` it
+    answers DeleteObjects as a server without it does (GCS's XML API): 501 NotImplemented."""
 
     target: str
     put_bytes: int = 0
@@ -171,6 +175,8 @@ class S3Proxy:
     refuse_once: set[int] = field(default_factory=set)  # part numbers whose first PUT gets 403
     completes: int = 0
     complete_faults: int = 0
+    multi_delete: bool = True
+    deletes: int = 0  # single-object DELETEs relayed
     server: TestServer | None = None
     session: ClientSession | None = None
 
@@ -190,6 +196,10 @@ class S3Proxy:
                 self.refuse_once.discard(number)
                 self.refused.append(number)
                 return web.Response(status=403, content_type="application/xml", text=EXPIRED)
+        if request.method == "POST" and "delete" in request.query and not self.multi_delete:
+            return web.Response(status=501, content_type="application/xml", text=NOT_IMPLEMENTED)
+        if request.method == "DELETE" and "uploadId" not in request.query:
+            self.deletes += 1
         if request.method == "POST" and "uploadId" in request.query:  # CompleteMultipartUpload
             self.completes += 1
             if self.complete_faults:
