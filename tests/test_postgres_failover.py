@@ -23,11 +23,11 @@ async def test_a_read_only_primary_answers_503_not_500(stack) -> None:  # type: 
         url = urlsplit(stack.database_url)
         host = url.netloc.rsplit("@", 1)[-1]
         demoted = urlunsplit(url._replace(netloc=f"{role}:{password}@{host}"))
-        async with running(make_settings(stack, database_url=demoted)) as gw:
-            async with gw.http.post(gw.files(), headers={**auth(), **TUS, "Upload-Length": "10"}) as response:
-                assert response.status == 503, await response.text()
-                assert response.headers["Retry-After"]
-                assert (await response.json())["error"]["code"] == "database_unavailable"
+        async with (running(make_settings(stack, database_url=demoted)) as gw,
+                    gw.http.post(gw.files(), headers={**auth(), **TUS, "Upload-Length": "10"}) as response):
+            assert response.status == 503, await response.text()
+            assert response.headers["Retry-After"]
+            assert (await response.json())["error"]["code"] == "database_unavailable"
     finally:
         await admin.execute(f"drop owned by {role}")
         await admin.execute(f"drop role if exists {role}")
