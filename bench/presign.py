@@ -34,8 +34,15 @@ def bench_presign(n: int = 20_000) -> dict[str, float]:
     key, upload_id = "uploads/2024/05/some file \u00e9.bin", "VXBsb2FkSWQ-abc+def/ghi="
 
     # Warm up both (botocore loads service models lazily on first call).
-    client.generate_presigned_url("upload_part", Params={"Bucket": "b", "Key": key, "UploadId": upload_id, "PartNumber": 1, "ContentLength": PART}, ExpiresIn=900)
-    signer.presign_url("PUT", "b", key, query={"uploadId": upload_id, "partNumber": "1"}, signed_headers={"Content-Length": str(PART)}, expires_in=900)
+    client.generate_presigned_url(
+        "upload_part",
+        Params={"Bucket": "b", "Key": key, "UploadId": upload_id, "PartNumber": 1, "ContentLength": PART},
+        ExpiresIn=900,
+    )
+    signer.presign_url(
+        "PUT", "b", key, query={"uploadId": upload_id, "partNumber": "1"},
+        signed_headers={"Content-Length": str(PART)}, expires_in=900,
+    )  # fmt: skip
 
     t0 = time.perf_counter()
     for i in range(1, n + 1):
@@ -50,7 +57,10 @@ def bench_presign(n: int = 20_000) -> dict[str, float]:
     for i in range(1, n + 1):
         client.generate_presigned_url(
             "upload_part",
-            Params={"Bucket": "b", "Key": key, "UploadId": upload_id, "PartNumber": i % 10_000 + 1, "ContentLength": PART},
+            Params={
+                "Bucket": "b", "Key": key, "UploadId": upload_id,
+                "PartNumber": i % 10_000 + 1, "ContentLength": PART,
+            },
             ExpiresIn=900,
         )
     boto = time.perf_counter() - t0

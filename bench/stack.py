@@ -62,12 +62,12 @@ def gateway_env(stack: StackInfo, port: int, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def running_gateway(data_dir: Path, **extra_env: str) -> Iterator[RunningGateway]:
-    with EmbeddedStack(data_dir) as stack:
+    with EmbeddedStack(data_dir) as stack, open(data_dir / "gateway.log", "wb") as log:
         asyncio.run(migrate(stack.database_url))
         port = free_port()
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"],
                                    env=gateway_env(stack, port, **extra_env),
-                                   stdout=subprocess.DEVNULL, stderr=open(data_dir / "gateway.log", "wb"))
+                                   stdout=subprocess.DEVNULL, stderr=log)
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 30

@@ -44,10 +44,12 @@ def stack() -> Iterator[StackInfo]:
         asyncio.run(migrate(existing.database_url))
         yield existing
         return
-    with tempfile.TemporaryDirectory(prefix="gateway-test-") as data_dir:
-        with EmbeddedStack(Path(data_dir), bucket="uploads", cors_origins=("*",)) as info:
-            asyncio.run(migrate(info.database_url))
-            yield info
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-test-") as data_dir,
+        EmbeddedStack(Path(data_dir), bucket="uploads", cors_origins=("*",)) as info,
+    ):
+        asyncio.run(migrate(info.database_url))
+        yield info
 
 
 @pytest.fixture(scope="session")

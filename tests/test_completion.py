@@ -1,4 +1,5 @@
-"""Completion state machine (docs/architecture.md §3.4): exactly once, recovered after crashes, never a false success."""
+"""Completion state machine (docs/architecture.md §3.4): exactly once, recovered after crashes,
+never a false success."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ async def left_completing(gateway: Gateway, data: bytes) -> str:
     (the process died, or S3 was down at that moment)."""
     location = await gateway.create(len(data), **HINT)
     signed = await sign_ok(gateway, location, [1, 2])
-    for number, part in signed.items():
+    for _number, part in signed.items():
         assert await put_part(gateway, part, data[part["offset"]:part["offset"] + part["length"]]) == 200
     store = gateway.app[SERVICE].store
     real_complete = store.complete

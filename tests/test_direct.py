@@ -69,7 +69,7 @@ async def test_batch_confirm(gateway: Gateway, db) -> None:  # type: ignore[no-u
     data = os.urandom(3 * PART + 1)
     location = await gateway.create(len(data), **HINT)
     signed = await sign_ok(gateway, location, [1, 2, 3])
-    for number, part in signed.items():
+    for _number, part in signed.items():
         assert await put_part(gateway, part, data[part["offset"]:part["offset"] + part["length"]]) == 200
     async with gateway.http.put(f"{location}/parts", json={"parts": [3, 1, 2]}, headers=auth()) as response:
         assert response.status == 204
@@ -157,7 +157,7 @@ async def test_concurrent_confirms_complete_exactly_once(gateway: Gateway, db, s
     data = os.urandom(PART + 777)
     location = await gateway.create(len(data), **HINT)
     signed = await sign_ok(gateway, location, [1, 2])
-    for number, part in signed.items():
+    for _number, part in signed.items():
         assert await put_part(gateway, part, data[part["offset"]:part["offset"] + part["length"]]) == 200
     assert (await confirm(gateway, location, 1))[0] == 204
     store = gateway.app[SERVICE].store

@@ -105,7 +105,7 @@ async def test_kill_9_at_random_points_loses_nothing(gateway_process: GatewayPro
         await asyncio.to_thread(gw.start)
     locations = await asyncio.gather(*tasks)
     assert kills >= 2
-    for (path, data), location in zip(files, locations):
+    for (path, data), location in zip(files, locations, strict=True):
         # completion may still be running after a kill
         assert await stored_sha256(db, s3, location, wait=20) == hashlib.sha256(data).hexdigest(), path.name
 

@@ -464,7 +464,7 @@ garbage_segment = st.one_of(
 
 
 def kinds() -> st.SearchStrategy[str]:
-    return st.sampled_from(KINDS + ("unknown",))
+    return st.sampled_from((*KINDS, "unknown"))
 
 
 def resolve(fuzz: Fuzz, kind: str, unknown: str) -> str:
@@ -798,7 +798,7 @@ def test_refused_sign_declares_no_length(fz: Fuzz) -> None:
 def test_refused_patch_declares_no_length(fz: Fuzz) -> None:
     upload_id = _fresh(fz, "deferred")
     before = fz.snapshot()
-    headers = fz.auth + [("Content-Type", OCTETS), ("Upload-Offset", "0"), ("Upload-Length", "5")]
+    headers = [*fz.auth, ("Content-Type", OCTETS), ("Upload-Offset", "0"), ("Upload-Length", "5")]
     reply = fz.gw.request("PATCH", fz.gw.files(f"/{upload_id}"), headers, b"x" * 10)
     changes = diff(before, fz.snapshot())
     fz.renew("deferred")
@@ -832,10 +832,10 @@ def test_bug_parser_refusals_are_not_json(fz: Fuzz, where: str) -> None:
     if where == "path":
         reply = fz.gw.request("GET", fz.gw.files("/" + "a" * 10_000), fz.auth)
     elif where == "header":
-        reply = fz.gw.request("POST", fz.gw.files(), fz.auth + [("Upload-Metadata", "a" * 9000)])
+        reply = fz.gw.request("POST", fz.gw.files(), [*fz.auth, ("Upload-Metadata", "a" * 9000)])
     elif where == "duplicate":
         reply = fz.gw.request("GET", fz.gw.files(f"/{fz.target('active')}/parts"),
-                              fz.auth + [("Content-Type", "a/b"), ("Content-Type", "a/b")])
+                              [*fz.auth, ("Content-Type", "a/b"), ("Content-Type", "a/b")])
     else:
         reply = fz.gw.request("FOO", fz.gw.files(f"/{fz.target('active')}"), fz.auth)
     assert 400 <= reply.status < 500

@@ -85,8 +85,9 @@ async def test_creation_of_a_whole_upload_with_104(gateway: Gateway, db, s3) -> 
 async def test_partial_creation_then_appends(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(2 * PART + 10)
     first = data[:PART + 7]
-    head = request_head(gateway, "POST", "/files", {**bearer(), "Upload-Complete": "?0", "Content-Length": str(len(first)),
-                                           "Upload-Length": str(len(data))})
+    head = request_head(gateway, "POST", "/files", {**bearer(), "Upload-Complete": "?0",
+                                                    "Content-Length": str(len(first)),
+                                                    "Upload-Length": str(len(data))})
     *_, (status, headers, _) = await raw_request(gateway, head, first)
     assert status == 201 and headers["upload-complete"] == "?0" and headers["upload-offset"] == str(len(first))
     location = headers["location"]
@@ -120,7 +121,8 @@ async def test_partial_creation_then_appends(gateway: Gateway, db, s3) -> None: 
 
 async def test_resume_after_cut_connection(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(3 * PART)
-    head = request_head(gateway, "POST", "/files", {**bearer(), "Upload-Complete": "?1", "Content-Length": str(len(data))})
+    head = request_head(gateway, "POST", "/files",
+                        {**bearer(), "Upload-Complete": "?1", "Content-Length": str(len(data))})
     # The 104 delivers the upload's URL before the connection breaks mid-body.
     responses = await raw_request(gateway, head, data, send=PART + PART // 2, read_final=False)
     assert responses[0][0] == 104

@@ -115,8 +115,9 @@ async def test_events_reach_webhooks_at_least_once(stack, receiver, db) -> None:
         for _ in range(40):
             await dispatcher.run_once()
             await db.execute("update events set next_attempt_at = now() where delivered_at is null")
-            delivered = await db.fetchval("select count(*) from events where upload_id = $1 and delivered_at is not null",
-                                          upload_id(location))
+            delivered = await db.fetchval(
+                "select count(*) from events where upload_id = $1 and delivered_at is not null", upload_id(location)
+            )
             if delivered == 2:
                 break
             await asyncio.sleep(0.05)

@@ -89,7 +89,7 @@ async def test_bad_patches_change_nothing(gateway: Gateway, db, headers: dict, s
 
 async def test_body_past_length_is_413(gateway: Gateway) -> None:
     location = await gateway.create(100)
-    status, headers = await patch(gateway, location, 0, b"x" * 101)
+    status, _headers = await patch(gateway, location, 0, b"x" * 101)
     assert status == 413
 
 
@@ -111,7 +111,8 @@ async def test_checksum_verified(gateway: Gateway, db, s3, algorithm: str) -> No
     location = await gateway.create(len(data), **HINT)
     first = data[:PART + 500]
     corrupted = b"X" + first[1:]
-    status, headers = await patch(gateway, location, 0, corrupted, **{"Upload-Checksum": f"{algorithm} {digest(first)}"})
+    status, headers = await patch(gateway, location, 0, corrupted,
+                                  **{"Upload-Checksum": f"{algorithm} {digest(first)}"})
     assert status == 460
     async with gateway.http.head(location, headers=auth()) as response:
         assert response.headers["Upload-Offset"] == "0"  # the chunk was discarded
@@ -191,7 +192,7 @@ async def test_direct_then_proxy_after_parts_confirmed(gateway: Gateway, db, s3)
 async def _raw_patch(gw: Gateway, location: str, offset: int, declared: int, sent: bytes) -> None:
     """Send headers for `declared` bytes, then only `sent`, then drop the connection."""
     url = urlsplit(location)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    _reader, writer = await asyncio.open_connection(url.hostname, url.port)
     head = (f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nTus-Resumable: 1.0.0\r\n"
             f"Authorization: {auth()['Authorization']}\r\nContent-Type: application/offset+octet-stream\r\n"
             f"Upload-Offset: {offset}\r\nContent-Length: {declared}\r\n\r\n")

@@ -28,12 +28,12 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from gateway.s3.adapters import make_signer
 from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, PartsPage
 from gateway.embedded import HOST, free_port
+from gateway.s3.adapters import make_signer
 from gateway.s3.client import s3_client
 from gateway.s3.objects import S3ObjectStore
 from gateway.s3.signed_requests import S3SignedRequests

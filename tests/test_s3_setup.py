@@ -136,7 +136,8 @@ async def test_missing_bucket_is_created_only_when_asked(stack: StackInfo, s3: A
 
 
 async def test_browser_preflight_after_setup(stack: StackInfo) -> None:
-    """docs/architecture.md: a PUT with content-type and an x-amz checksum passes the preflight, from our origins only."""
+    """docs/architecture.md: a PUT with content-type and an x-amz checksum passes the preflight,
+    from our origins only."""
     bucket = fresh_bucket()
     await apply_bucket_setup(settings_for(stack, bucket), create_bucket=True)
     allowed = preflight(stack.s3_endpoint_url, bucket, "https://app.example", "content-type,x-amz-checksum-sha256")

@@ -494,7 +494,7 @@ SQLISH_IDS = ["' or 1=1 --", "'; drop table uploads; --", '" OR ""="', "00' OR '
               "x" * 65, "0" * 15]
 
 
-@pytest.mark.parametrize("raw_id", ["00" + "A" * 24, "0" * 16, "z" * 64, "00-_-_-_-_-_-_-_-_"] + SQLISH_IDS)
+@pytest.mark.parametrize("raw_id", ["00" + "A" * 24, "0" * 16, "z" * 64, "00-_-_-_-_-_-_-_-_", *SQLISH_IDS])
 async def test_unknown_and_sqlish_ids_are_404(gateway: Gateway, db, raw_id: str) -> None:  # type: ignore[no-untyped-def]
     # (events other than creation/termination may come from the gateway's sweeper, which runs at start-up)
     count_events = "select count(*) from events where type in ('created', 'terminated')"

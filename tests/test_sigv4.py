@@ -107,13 +107,15 @@ CASES = [
     ("upload_part", {**UP, "ContentLength": 5, "ChecksumSHA256": "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="},
      "content-length;host;x-amz-checksum-sha256"),
     ("upload_part", {**UP, "ChecksumCRC32C": "yZRlqg=="}, "host;x-amz-checksum-crc32c"),
-    ("upload_part", {**UP, "ContentLength": 5, "ContentMD5": "XUFAKrxLKna5cZ2REBfFkg=="}, "content-length;content-md5;host"),
+    ("upload_part", {**UP, "ContentLength": 5, "ContentMD5": "XUFAKrxLKna5cZ2REBfFkg=="},
+     "content-length;content-md5;host"),
     # botocore keeps the caller's Params order in the URL query.
     ("upload_part", {"PartNumber": 1, "Bucket": "b", "UploadId": "u", "Key": "k"}, "host"),
     ("get_object", {"Bucket": "b", "Key": "na\u00efve file.txt",
                     "ResponseContentDisposition": "attachment; filename*=UTF-8''na%C3%AFve%20file.txt",
                     "ResponseContentType": "text/plain; charset=utf-8"}, "host"),
-    ("get_object", {"Bucket": "b", "Key": "k", "ResponseContentType": "a/b", "ResponseContentDisposition": "inline"}, "host"),
+    ("get_object", {"Bucket": "b", "Key": "k", "ResponseContentType": "a/b", "ResponseContentDisposition": "inline"},
+     "host"),
 ]  # fmt: skip
 
 
@@ -153,7 +155,8 @@ def test_presign_endpoint_forms_match_botocore(endpoint) -> None:
     assert ours_presign(endpoint, None, "upload_part", params, 60) == expected
 
 
-def boto_header_auth(url: str, method: str, headers: dict[str, str], token: str | None, data: bytes, sign_payload: bool) -> AWSRequest:
+def boto_header_auth(url: str, method: str, headers: dict[str, str], token: str | None, data: bytes,
+                     sign_payload: bool) -> AWSRequest:
     req = AWSRequest(method=method, url=url, headers=headers, data=data)
     # What a client with s3={'payload_signing_enabled': False} would pass down.
     req.context["client_config"] = Config(s3={"payload_signing_enabled": sign_payload})
@@ -178,7 +181,8 @@ def test_sign_headers_matches_botocore(endpoint, token, key, unsigned) -> None:
     req = boto_header_auth(url, "PUT", dict(headers), token, body, sign_payload=not unsigned)
 
     assert got["authorization"] == req.headers["Authorization"]
-    signed = "content-length;host;x-amz-checksum-crc32c;x-amz-content-sha256;x-amz-date" + (";x-amz-security-token" if token else "")
+    signed = ("content-length;host;x-amz-checksum-crc32c;x-amz-content-sha256;x-amz-date"
+              + (";x-amz-security-token" if token else ""))
     assert f"SignedHeaders={signed}," in got["authorization"]
     assert got["x-amz-content-sha256"] == req.headers["X-Amz-Content-SHA256"] == payload
     assert got["x-amz-date"] == req.headers["X-Amz-Date"]
@@ -212,7 +216,8 @@ def test_signing_key_derived_once_per_day() -> None:
         signer.presign_url("GET", "b", f"k{i}", expires_in=60, now=NOW + timedelta(seconds=i))
     assert sigv4._signing_key.cache_info().misses == 1
     # A new signer for the same credentials reuses the shared cache.
-    SigV4Signer(Credentials(AK, "cache-test-secret"), REGION, HTTP_EP).presign_url("GET", "b", "k", expires_in=60, now=NOW)
+    SigV4Signer(Credentials(AK, "cache-test-secret"), REGION, HTTP_EP).presign_url(
+        "GET", "b", "k", expires_in=60, now=NOW)
     assert (sigv4._signing_key.cache_info().misses, sigv4._signing_key.cache_info().hits) == (1, 1)
     signer.presign_url("GET", "b", "k", expires_in=60, now=NOW + timedelta(days=1))
     assert sigv4._signing_key.cache_info().misses == 2

@@ -570,8 +570,8 @@ async def test_cors_preflight_on_every_route(gateway: Gateway) -> None:
             assert method in response.headers["Access-Control-Allow-Methods"]
             allowed = response.headers["Access-Control-Allow-Headers"].lower()
             assert "authorization" in allowed and "content-type" in allowed
-    status, body = await call(gateway, "GET", s3_url(gateway, f"/{upload['uploadId']}", key=upload["key"]),
-                              Origin=origin)
+    status, _body = await call(gateway, "GET", s3_url(gateway, f"/{upload['uploadId']}", key=upload["key"]),
+                               Origin=origin)
     assert status == 200
 
 
