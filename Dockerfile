@@ -39,17 +39,20 @@ RUN --mount=type=bind,target=/src,rw \
                   assert m.migration_files() and (d.CLIENT_DIR / 'index.js').is_file(), 'no package data'"
 
 ENV GATEWAY_HOST=0.0.0.0 \
-    GATEWAY_PORT=8080
+    GATEWAY_PORT=8080 \
+    GATEWAY_METRICS_PORT=9090
 
 USER gateway:gateway
 
-EXPOSE 8080
+# 8080: the API; 9090: the ops port (/metrics, /healthz, /readyz), for the cluster, not the public.
+EXPOSE 8080 9090
 
 # python:3.11-slim has neither curl nor wget; Python's urllib does the probe. /healthz is the
 # liveness endpoint (no dependencies); /readyz additionally checks PostgreSQL and S3.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_PORT', '8080'), timeout=4)"]
 
-# aiohttp handles SIGTERM as a graceful shutdown (it waits up to 30 s for requests in flight).
+# SIGTERM drains: /readyz answers 503, no new connections, requests in flight get GATEWAY_SHUTDOWN_TIMEOUT
+# (30 s). With `serve --workers N` the parent (PID 1) forwards it to the workers and waits for them.
 STOPSIGNAL SIGTERM
 CMD ["gateway", "serve"]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -19,6 +20,7 @@ from gateway.core.completion import Completion, CompletionWorker
 from gateway.core.concat import Concatenation
 from gateway.core.events import EventDispatcher
 from gateway.core.limits import Limits
+from gateway.core.model import State
 from gateway.core.ports import Quota
 from gateway.core.proxy import ProxyUploads
 from gateway.core.uploads import UploadService
@@ -71,6 +73,8 @@ class Services:
 
 
 BACKGROUND = web.AppKey("background", Background)
+# Gauges that need SQL are sampled at most this often per process.
+GAUGE_SQL_EVERY = 5.0
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -125,18 +129,31 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         probes: dict[str, Probe] = {"postgres": repo.ping, "s3": functools.partial(services.store.ping, upload_prefix)}
         app[READINESS_CHECKS] = probes
 
-        async def sample_gauges() -> None:
+        async def sample_pool() -> None:  # every worker its own (summed over live workers)
             DB_POOL_SIZE.labels("open").set(pool.get_size())
             DB_POOL_SIZE.labels("idle").set(pool.get_idle_size())
-            for state, count in (await repo.count_by_state()).items():
-                UPLOADS.labels(state).set(count)
+
+        sampled_at = -GAUGE_SQL_EVERY
+
+        async def sample_gauges() -> None:
+            """The SQL gauges at most every few seconds per process, not per scrape; the most recent
+            sample of any worker is what a scrape shows."""
+            nonlocal sampled_at
+            await sample_pool()
+            if time.monotonic() - sampled_at < GAUGE_SQL_EVERY:
+                return
+            sampled_at = time.monotonic()  # a failed sample is not retried before the next interval either
+            counts = await repo.count_by_state()
+            for state in State:  # a state that has emptied shows 0, not its last count
+                UPLOADS.labels(state.value).set(counts.get(state.value, 0))
             WEBHOOK_BACKLOG.set(await repo.backlog())
 
         samplers: list[Probe] = [sample_gauges]
         app[METRICS_SAMPLERS] = samplers
         sweep_every = min(settings.sweep_interval, settings.completion_retry_after / 2)
         jobs = [services.credentials.keep_fresh(),
-                run_periodically("sweeper", sweep_every, background.sweeper.run_once)]
+                run_periodically("sweeper", sweep_every, background.sweeper.run_once),
+                run_periodically("pool gauges", GAUGE_SQL_EVERY, sample_pool)]
         if background.dispatcher is not None:
             jobs.append(run_periodically("webhooks", 1.0, background.dispatcher.run_once))
         tasks = [asyncio.create_task(job) for job in jobs]
@@ -148,12 +165,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _identity(app: web.Application) -> AsyncIterator[None]:
+    """The token verifier, with the HTTP session its identity providers' key sets are fetched with."""
+    async with aiohttp.ClientSession() as http:
+        app[AUTHENTICATOR] = Authenticator(app[SETTINGS], http)
+        yield
+
+
 def create_app(settings: Settings, **app_options: Any) -> web.Application:
     settings.require_services()
     app = web.Application(**app_options)
     app[SETTINGS] = settings
-    app[AUTHENTICATOR] = Authenticator(settings)
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.extend([_identity, _resources])
     setup_http(app)
     if settings.demo_page:
         setup_demo(app)

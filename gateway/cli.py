@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import multiprocessing
 import os
 import secrets
 import sys
@@ -40,21 +39,16 @@ def _run_app(settings: Settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     settings = load_settings()
     settings.require_services()
-    log.info("gateway listening on http://%s:%d%s with %d worker(s)", settings.host, settings.port,
-             settings.base_path, args.workers)
+    ops = f", ops (metrics, probes) on port {settings.metrics_port}" if settings.metrics_port else ""
+    log.info("gateway listening on http://%s:%d%s with %d worker(s)%s", settings.host, settings.port,
+             settings.base_path, args.workers, ops)
     if args.workers <= 1:
         _run_app(settings)
         return
-    # Processes share the port through SO_REUSEPORT; the kernel spreads connections.
-    workers = [multiprocessing.Process(target=_run_app, args=(settings,), daemon=True) for _ in range(args.workers)]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:
-        for worker in workers:
-            worker.terminate()
+    # A supervising parent; the workers share the ports through SO_REUSEPORT (the kernel spreads connections).
+    from gateway.supervisor import supervise
+
+    raise SystemExit(supervise(settings, args.workers, os.environ.get("GATEWAY_LOG_FORMAT", "json")))
 
 
 def migrate_command(args: argparse.Namespace) -> None:
@@ -97,6 +91,19 @@ def s3_setup_command(args: argparse.Namespace) -> None:
     except SetupError as exc:
         raise SystemExit(f"gateway s3 setup: {exc}") from None
     print("\n".join(result.describe()))
+
+
+def s3_check_command(args: argparse.Namespace) -> None:
+    """Probe the bucket for every S3 capability the gateway relies on; exit 1 if a required one is missing."""
+    from gateway.s3.check import CheckError, exit_status, format_table, run_check
+
+    settings = load_settings(auth="none")
+    try:
+        rows = asyncio.run(run_check(settings))
+    except CheckError as exc:
+        raise SystemExit(f"gateway s3 check: {exc}") from None
+    print(format_table(rows))
+    raise SystemExit(exit_status(rows))
 
 
 def _dev_secret(data_dir: Path) -> str:
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     s3_setup_parser = s3_commands.add_parser("setup", help="apply the bucket's CORS and lifecycle rules (idempotent)")
     s3_setup_parser.add_argument("--create-bucket", action="store_true", help="create the bucket if it is missing")
     s3_setup_parser.set_defaults(func=s3_setup_command)
+    s3_check_parser = s3_commands.add_parser(
+        "check", help="probe the bucket for the S3 capabilities the gateway needs (exit 1 if one is missing)")
+    s3_check_parser.set_defaults(func=s3_check_command)
     migrate_parser = commands.add_parser("migrate", help="apply database migrations (idempotent)")
     migrate_parser.set_defaults(func=migrate_command)
     token_parser = commands.add_parser("token", help="mint an HS256 token with GATEWAY_JWT_SECRET")

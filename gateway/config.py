@@ -7,6 +7,7 @@ process stops with a message an operator can act on. Everything else receives a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -115,6 +116,45 @@ def is_aws_endpoint(url: str) -> bool:
     return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
 
 
+@dataclass(frozen=True)
+class IssuerSetting:
+    """One identity provider: tokens whose `iss` is `issuer` are checked with its keys (its JWKS, else
+    OIDC discovery) against its audience."""
+
+    issuer: str
+    audience: str
+    audience_claim: str = "aud"
+    jwks_urls: tuple[str, ...] = ()
+    owner_claim: str = ""
+
+
+def _issuers(text: str) -> tuple[IssuerSetting, ...]:
+    if text.strip().startswith("@"):
+        text = Path(text.strip()[1:]).read_text()
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError('a JSON list of {"issuer", "audience", ...} objects')
+    allowed = {f.name for f in fields(IssuerSetting)} | {"jwks_url"}
+    issuers = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("issuer"), str) or not entry["issuer"] \
+                or not isinstance(entry.get("audience"), str) or not entry["audience"] or set(entry) - allowed:
+            raise ValueError(f"each issuer needs a non-empty issuer and audience; keys: {sorted(allowed)}")
+        raw: Any = entry.get("jwks_urls", entry.get("jwks_url", ()))
+        urls: tuple[str, ...] = (raw,) if isinstance(raw, str) else tuple(raw)
+        issuers.append(IssuerSetting(entry["issuer"], entry["audience"], str(entry.get("audience_claim", "aud")),
+                                     tuple(_url(u) for u in urls), str(entry.get("owner_claim", ""))))
+    return tuple(issuers)
+
+
+def _default_issuer(s: Settings) -> bool:
+    """Whether the flat GATEWAY_JWT_* settings describe an issuer (besides GATEWAY_JWT_ISSUERS)."""
+    return bool(s.jwt_secret or s.jwt_public_keys or s.jwt_jwks_urls or s.jwt_issuer)
+
+
 _BY_TYPE: dict[str, Callable[[str], Any]] = {
     "str": str.strip, "int": lambda text: int(text.strip()), "float": float, "bool": _bool,
     "tuple[str, ...]": _list,
@@ -165,6 +205,9 @@ class Settings:
     s3_storage_class: str = setting("", _storage_class)
     host: str = "127.0.0.1"
     port: int = setting(8080, check=lambda v, s: 0 < v < 65536, message="must be between 1 and 65535")
+    # The ops listener (/metrics, /healthz, /readyz) on GATEWAY_HOST; 0 turns it off. Never the API port.
+    metrics_port: int = setting(9090, check=lambda v, s: 0 <= v < 65536 and v != s.port,
+                                message="must be between 1 and 65535 (0: off) and differ from GATEWAY_PORT")
     base_path: str = setting("/files", _base_path)
     public_url: str = setting("", _url)
     max_upload_size: int = setting(S3_MAX_OBJECT_SIZE, parse_size, lambda v, s: 0 < v <= S3_MAX_OBJECT_SIZE,
@@ -179,13 +222,29 @@ class Settings:
     download_ttl: int = setting(5 * 60, _seconds, lambda v, s: 1 <= v <= 300,
                                 "must be between 1 second and 5 minutes")
     sign_batch_max: int = setting(1000, check=lambda v, s: 1 <= v <= 1000, message="must be between 1 and 1000")
-    jwt_secret: str = setting("", check=lambda v, s: s.auth != "jwt" or (bool(v or s.jwt_public_keys) and (
-        not v or len(v.encode()) >= 32)), message="set GATEWAY_JWT_SECRET (at least 32 bytes, HS256) or "
-                              "GATEWAY_JWT_PUBLIC_KEY (or GATEWAY_AUTH=none to disable auth)")
+    jwt_secret: str = setting("", check=lambda v, s: s.auth != "jwt" or (
+        bool(v or s.jwt_public_keys or s.jwt_jwks_urls or s.jwt_issuer or s.jwt_issuers)
+        and (not v or len(v.encode()) >= 32)),
+        message="set GATEWAY_JWT_SECRET (at least 32 bytes, HS256), GATEWAY_JWT_PUBLIC_KEY, GATEWAY_JWT_JWKS_URL, "
+                "GATEWAY_JWT_ISSUER (OIDC discovery) or GATEWAY_JWT_ISSUERS (or GATEWAY_AUTH=none to disable auth)")
     jwt_public_keys: tuple[Path, ...] = setting((), _paths, env="JWT_PUBLIC_KEY")
-    jwt_audience: str = setting("", check=lambda v, s: s.auth != "jwt" or bool(v),
+    # JWKS documents of the issuer below (comma-separated); unset with an issuer: OIDC discovery.
+    jwt_jwks_urls: tuple[str, ...] = setting((), _urls, env="JWT_JWKS_URL")
+    jwt_audience: str = setting("", check=lambda v, s: s.auth != "jwt" or bool(v) or not _default_issuer(s),
                                 message="is required when GATEWAY_AUTH=jwt")
+    # The claim holding the audience: `aud`, or e.g. `client_id` for Cognito access tokens.
+    jwt_audience_claim: str = "aud"
     jwt_issuer: str = ""
+    # More issuers, each with its own keys and audience: a JSON list, inline or `@/path/to/file.json`.
+    jwt_issuers: tuple[IssuerSetting, ...] = setting((), _issuers)
+    jwt_leeway: float = setting(30.0, parse_duration, lambda v, s: 0 <= v <= 300, "must be between 0 and 5 minutes")
+    # The claim that names the owner; the owner is (iss, this claim).
+    jwt_owner_claim: str = "sub"
+    # Space-separated scopes every request's token needs (in `scope` or `scp`).
+    jwt_required_scopes: tuple[str, ...] = setting((), lambda text: tuple(text.split()))
+    # Claims that lower the global limits for one token (integers, bytes), e.g. `upload_max_size`.
+    jwt_max_upload_size_claim: str = ""
+    jwt_max_active_bytes_claim: str = ""
     auth: str = setting("jwt", _one_of("jwt", "none"))
     cors_origins: tuple[str, ...] = ()
     complete_timeout: float = setting(20.0, parse_duration)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -40,7 +41,7 @@ class HttpWebhookSender:
 
 
 class HttpCreateHook:
-    """POSTs {owner, length, metadata}; a 2xx may answer {"metadata": {...}} to add, a 4xx refuses the
+    """POSTs {owner, length, metadata, claims}; a 2xx may answer {"metadata": {...}} to add, a 4xx refuses the
     upload with its {"message"} passed to the client (403); no answer means 503, never a silent pass."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, timeout: float) -> None:
@@ -48,9 +49,10 @@ class HttpCreateHook:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def before_create(self, owner: Owner, length: int | None,
-                            metadata: dict[str, str | None]) -> dict[str, str | None]:
-        request = {"owner": {"iss": owner.issuer, "sub": owner.subject}, "length": length, "metadata": metadata}
+    async def before_create(self, owner: Owner, length: int | None, metadata: dict[str, str | None],
+                            claims: Mapping[str, Any]) -> dict[str, str | None]:
+        request = {"owner": {"iss": owner.issuer, "sub": owner.subject}, "length": length, "metadata": metadata,
+                   "claims": dict(claims)}
         try:
             async with self.session.post(self.url, json=request, timeout=self.timeout) as response:
                 text = await response.text()

@@ -1,12 +1,22 @@
-"""Prometheus metrics of one process (with `serve --workers N`, each worker exposes its own)."""
+"""Prometheus metrics of the instance.
+
+With `serve --workers N` the parent points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the
+workers start: every worker writes its values there and any worker's scrape (`exposition`) merges
+them, so one scrape covers the whole instance. Gauges therefore say how workers combine: a sampled
+fact of the database (the same whichever worker sampled it) takes the most recent sample, per-worker
+quantities are summed over live workers.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter("gateway_requests_total", "HTTP requests", ["route", "method", "status"])
 REQUEST_SECONDS = Histogram(
@@ -16,9 +26,25 @@ S3_SECONDS = Histogram("gateway_s3_call_seconds", "S3 call latency", ["operation
                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120))
 S3_ERRORS = Counter("gateway_s3_errors_total", "S3 calls that failed", ["operation"])
 BYTES_CONFIRMED = Counter("gateway_bytes_confirmed_total", "Bytes of parts recorded as held by S3", ["path"])
-UPLOADS = Gauge("gateway_uploads", "Uploads by state (sampled at scrape time)", ["state"])
-WEBHOOK_BACKLOG = Gauge("gateway_webhook_backlog", "Events not yet delivered to every webhook")
-DB_POOL_SIZE = Gauge("gateway_db_pool_connections", "Connections in the asyncpg pool", ["kind"])
+UPLOADS = Gauge("gateway_uploads", "Uploads by state (sampled from Postgres at most every few seconds)", ["state"],
+                multiprocess_mode="mostrecent")
+WEBHOOK_BACKLOG = Gauge("gateway_webhook_backlog", "Events not yet delivered to every webhook",
+                        multiprocess_mode="mostrecent")
+DB_POOL_SIZE = Gauge("gateway_db_pool_connections", "Connections in the asyncpg pools (all workers)", ["kind"],
+                     multiprocess_mode="livesum")
+# One series per live worker (a `pid` label in multi-worker mode).
+WORKER_STARTED = Gauge("gateway_worker_start_time_seconds", "When a serving process started (Unix time)",
+                       multiprocess_mode="liveall")
+WORKER_RESTARTS = Counter("gateway_worker_restarts_total", "Workers started to replace one that died")
+
+
+def exposition() -> bytes:
+    """The text exposition: of every worker in multi-process mode, else of this process."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
 
 
 @contextmanager

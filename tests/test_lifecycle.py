@@ -141,6 +141,8 @@ async def test_pre_create_hook_rejects_and_adds_metadata(stack, receiver, db) ->
             assert error == {"code": "hook_rejected", "message": "executables are not allowed"}
         sent = json.loads(target.requests[-1][1])
         assert sent["owner"]["sub"] == "alice" and sent["length"] == 10
+        # The hook sees the token's claims (to decide by tenant, plan, scopes...).
+        assert sent["claims"]["sub"] == "alice" and sent["claims"]["aud"] and "exp" in sent["claims"]
         target.reply = {"metadata": {"tenant": "acme"}}
         location = await gw.create(10)
         metadata = (await upload_row(db, upload_id(location)))["metadata"]

@@ -16,8 +16,10 @@ from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.model import (
+    NO_ALLOWANCE,
     S3_MAX_PART_SIZE,
     S3_MIN_PART_SIZE,
+    Allowance,
     ConfirmedPart,
     NewUpload,
     Owner,
@@ -27,7 +29,7 @@ from gateway.core.model import (
     object_key,
 )
 from gateway.core.ports import ByteStore, ObjectStore, UploadRepository
-from gateway.core.rules import load_owned
+from gateway.core.rules import load_owned, size_limit
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +92,16 @@ class Concatenation:
         self.data = data
         self.limits = limits
 
-    async def create_final(self, owner: Owner, partial_ids: Sequence[str],
-                           metadata: Mapping[str, str | None]) -> Upload:
+    async def create_final(self, owner: Owner, partial_ids: Sequence[str], metadata: Mapping[str, str | None],
+                           allowance: Allowance = NO_ALLOWANCE) -> Upload:
         if not partial_ids:
             raise UploadError(ErrorCode.INVALID_CONCAT, "Upload-Concat: final needs at least one partial upload")
         partials = [await self._partial(owner, upload_id) for upload_id in partial_ids]
         length = sum(p.length or 0 for p in partials)
         limits = self.limits
-        if length > limits.max_upload_size:
-            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the concatenation exceeds {limits.max_upload_size} bytes")
+        largest = size_limit(limits, allowance)
+        if length > largest:
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the concatenation exceeds {largest} bytes")
         kept = md.validate_metadata(metadata)
         upload_id = new_upload_id()
         key = object_key(limits.s3_key_prefix, upload_id)

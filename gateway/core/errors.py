@@ -32,6 +32,8 @@ class ErrorCode(enum.Enum):
     INVALID_CONTENT_TYPE = "invalid_content_type"
     # auth
     UNAUTHORIZED = "unauthorized"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    IDENTITY_UNAVAILABLE = "identity_unavailable"
     # lookup and lifecycle
     NOT_FOUND = "not_found"
     GONE = "gone"

@@ -61,7 +61,9 @@ def _ascii_text(value: str | None, limit: int = 512) -> str | None:
 def s3_user_metadata(metadata: Mapping[str, str | None]) -> dict[str, str]:
     result = {}
     for key in S3_METADATA_KEYS:
-        text = _ascii_text(metadata.get(key))
+        value = metadata.get(key)
+        # The name without any path a client sent, as downloads serve it.
+        text = _ascii_text(filename(metadata) if key == "filename" and value else value)
         if text:
             result[key] = text
     return result

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import enum
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -48,6 +50,18 @@ class PartChecksum(enum.Enum):
 class Owner:
     issuer: str
     subject: str
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What the caller's credentials allow, on top of the global limits and only ever below them
+    (e.g. from token claims), and the claims a pre-create hook may look at."""
+    max_upload_size: int | None = None
+    max_active_bytes: int | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+NO_ALLOWANCE = Allowance()
 
 
 def new_upload_id() -> str:
@@ -113,6 +127,8 @@ class NewUpload:
     concat: str | None = None  # "partial" or "final" (tus concatenation)
     # A final upload's partial uploads, in order (ids; URLs are rendered at the edge).
     concat_partials: tuple[str, ...] = ()
+    # The most bytes this upload may hold, fixed at creation (None: only the part plan bounds it).
+    size_limit: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +157,8 @@ class Upload(NewUpload):
 
     @property
     def max_length(self) -> int:
-        return self.part_size * S3_MAX_PARTS
+        planned = self.part_size * S3_MAX_PARTS
+        return planned if self.size_limit is None else min(planned, self.size_limit)
 
     @property
     def offset(self) -> int:
@@ -168,4 +185,4 @@ class Upload(NewUpload):
 
     def valid_part_number(self, number: int) -> bool:
         count = self.part_count
-        return 1 <= number <= (count if count is not None else S3_MAX_PARTS)
+        return 1 <= number <= (count if count is not None else parts_needed(self.max_length, self.part_size))

@@ -6,7 +6,7 @@ store and signer, gateway.hooks the hooks, gateway.http the request body (docs/a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -217,8 +217,8 @@ class PartSigner(Protocol):
 class CreateHook(Protocol):
     """Asked before an upload is created: may refuse it (UploadError HOOK_REJECTED) or add metadata."""
 
-    async def before_create(self, owner: Owner, length: int | None,
-                            metadata: dict[str, str | None]) -> dict[str, str | None]: ...
+    async def before_create(self, owner: Owner, length: int | None, metadata: dict[str, str | None],
+                            claims: Mapping[str, Any]) -> dict[str, str | None]: ...
 
 
 class RequestBody(Protocol):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import Owner, State, Upload
-from gateway.core.ports import UploadRepository
+from gateway.core.limits import Limits
+from gateway.core.model import Allowance, Owner, State, Upload
+from gateway.core.ports import Quota, UploadRepository
 
 # Seconds a client waits before retrying while S3 assembles the object.
 RETRY_AFTER_COMPLETING = 5
@@ -46,6 +47,20 @@ async def load_active(repo: UploadRepository, upload_id: str, owner: Owner) -> U
     if upload.state is not State.ACTIVE:
         raise UploadError(ErrorCode.UPLOAD_COMPLETED, "the upload is complete")
     return upload
+
+
+def size_limit(limits: Limits, allowance: Allowance) -> int:
+    """The largest upload this caller may create: the global limit, or less if its credentials say so."""
+    if allowance.max_upload_size is None:
+        return limits.max_upload_size
+    return min(limits.max_upload_size, allowance.max_upload_size)
+
+
+def quota_for(limits: Limits, allowance: Allowance) -> Quota | None:
+    quota = limits.quota
+    if quota is None or allowance.max_active_bytes is None:
+        return quota
+    return replace(quota, max_bytes=min(quota.max_bytes, allowance.max_active_bytes))
 
 
 def offset_mismatch(upload: Upload) -> UploadError:

@@ -20,7 +20,9 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.listing import confirmed, find_parts, list_from
 from gateway.core.model import (
+    NO_ALLOWANCE,
     S3_MAX_PARTS,
+    Allowance,
     ConfirmedPart,
     NewUpload,
     Owner,
@@ -40,6 +42,8 @@ from gateway.core.rules import (
     load_owned,
     not_found,
     planned_with_length,
+    quota_for,
+    size_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -100,15 +104,16 @@ class UploadService:
 
     async def create(self, owner: Owner, *, length: int | None, metadata: Mapping[str, str | None],
                      part_size_hint: int | None, part_checksum: PartChecksum | None,
-                     partial: bool = False) -> Upload:
+                     partial: bool = False, allowance: Allowance = NO_ALLOWANCE) -> Upload:
         limits = self.limits
-        if length is not None and length > limits.max_upload_size:
-            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED,
-                              f"Upload-Length exceeds the maximum of {limits.max_upload_size} bytes")
+        largest = size_limit(limits, allowance)
+        if length is not None and length > largest:
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"Upload-Length exceeds the maximum of {largest} bytes")
         kept = md.validate_metadata(metadata)
         if self.create_hook is not None:
             # What a hook adds obeys the same limits.
-            kept = md.validate_metadata({**kept, **await self.create_hook.before_create(owner, length, kept)})
+            added = await self.create_hook.before_create(owner, length, kept, allowance.claims)
+            kept = md.validate_metadata({**kept, **added})
         part_size = plan_part_size(length, limits.part_size, part_size_hint)
         if length is not None and parts_needed(length, part_size) > S3_MAX_PARTS:
             raise UploadError(ErrorCode.INVALID_PART_SIZE,
@@ -129,11 +134,11 @@ class UploadService:
             state = State.ACTIVE
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=kept, bucket=limits.s3_bucket, key=key, multipart_id=multipart_id, state=state,
-                        concat="partial" if partial else None)
-        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, limits.quota)
+                        concat="partial" if partial else None, size_limit=largest)
+        quota = quota_for(limits, allowance)
+        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, quota)
         if upload is None:
             await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))
-            quota = limits.quota
             assert quota is not None
             raise UploadError(ErrorCode.QUOTA_EXCEEDED,
                               f"at most {quota.max_uploads} active uploads and {quota.max_bytes} declared bytes "

@@ -67,6 +67,7 @@ _NEW_COLUMNS: tuple[tuple[str, str, Callable[[NewUpload], object]], ...] = (
     ("state", "text", lambda n: n.state.value),
     ("concat", "text", lambda n: n.concat),
     ("concat_partials", "text[]", lambda n: list(n.concat_partials)),
+    ("size_limit", "bigint", lambda n: n.size_limit),
 )
 # Then: ttl, max_age, quota's max uploads and max bytes.
 _TTL, _MAX_AGE, _QUOTA_UPLOADS, _QUOTA_BYTES = (f"${len(_NEW_COLUMNS) + i}" for i in range(1, 5))
@@ -266,6 +267,7 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         stash=tuple(StashSegment(*segment) for segment in json.loads(row["stash"])),
         concat=row["concat"],
         concat_partials=tuple(row["concat_partials"]),
+        size_limit=row["size_limit"],
     )
 
 

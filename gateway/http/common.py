@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import Owner
+from gateway.core.model import Allowance, Owner
 from gateway.core.ports import BodyInterrupted
-from gateway.http.keys import OWNER, SETTINGS
+from gateway.http.keys import ALLOWANCE, OWNER, SETTINGS
 
 DIGITS = re.compile(r"^[0-9]{1,19}$")
 UPLOAD_ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
@@ -22,6 +22,11 @@ UPLOAD_ID = re.compile(f"^{UPLOAD_ID_PATTERN}$")
 def owner_of(request: web.Request) -> Owner:
     owner: Owner = request[OWNER]
     return owner
+
+
+def allowance_of(request: web.Request) -> Allowance:
+    allowance: Allowance = request[ALLOWANCE]
+    return allowance
 
 
 def upload_id_of(request: web.Request) -> str:

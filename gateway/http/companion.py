@@ -31,7 +31,7 @@ from aiohttp import web
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import S3_MAX_PARTS, MiB, Upload
 from gateway.core.uploads import PartRequest
-from gateway.http.common import owner_of, read_json_object, upload_id_of, upload_url
+from gateway.http.common import allowance_of, owner_of, read_json_object, upload_id_of, upload_url
 from gateway.http.keys import SERVICE
 
 # @uppy/aws-s3 5.x: chunk size max(5 MiB, ceil(size / 10000)), i.e. 5 MiB for files up to ~48.8 GiB.
@@ -93,7 +93,7 @@ async def create(request: web.Request) -> web.Response:
         raise _bad('"metadata" must be an object')
     upload = await request.app[SERVICE].create(
         owner_of(request), length=None, metadata=_metadata(filename, content_type, metadata),
-        part_size_hint=UPPY_PART_SIZE, part_checksum=None)
+        part_size_hint=UPPY_PART_SIZE, part_checksum=None, allowance=allowance_of(request))
     return web.json_response({"uploadId": upload.id, "key": upload.key, "bucket": upload.bucket})
 
 

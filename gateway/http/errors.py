@@ -35,6 +35,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_OFFSET: 400,
     ErrorCode.INVALID_CONTENT_TYPE: 415,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.INSUFFICIENT_SCOPE: 403,
+    ErrorCode.IDENTITY_UNAVAILABLE: 503,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.GONE: 410,
     ErrorCode.UPLOAD_EXPIRED: 410,
@@ -83,6 +85,8 @@ def _headers(exc: UploadError) -> dict[str, str]:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    elif exc.code is ErrorCode.INSUFFICIENT_SCOPE:
+        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
     return headers
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import State, Upload
-from gateway.http.common import RequestBodyStream, owner_of, upload_id_of, upload_url
+from gateway.http.common import RequestBodyStream, allowance_of, owner_of, upload_id_of, upload_url
 from gateway.http.keys import PROXY, SERVICE, SETTINGS
 
 INTEROP_VERSION = "8"
@@ -110,7 +110,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         length = request.content_length
     upload = await request.app[SERVICE].create(owner_of(request), length=length,
                                                metadata=_representation_metadata(request),
-                                               part_size_hint=None, part_checksum=None)
+                                               part_size_hint=None, part_checksum=None,
+                                               allowance=allowance_of(request))
     location = upload_url(request, upload.id)
     await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
                               "Upload-Draft-Interop-Version": INTEROP_VERSION})

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http.keys import METRICS_SAMPLERS
-from gateway.metrics import REQUEST_SECONDS, REQUESTS
+from gateway.http.keys import API_APP, METRICS_SAMPLERS
+from gateway.metrics import REQUEST_SECONDS, REQUESTS, exposition
 
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 access_log = logging.getLogger("gateway.access")
+SAMPLE_TIMEOUT = 2.0
 
 
 def _route(request: web.Request) -> str:
@@ -74,11 +75,18 @@ def observability_middleware(log_requests: bool) -> Any:
     return middleware
 
 
+def api_app(request: web.Request) -> web.Application:
+    """The API app: the request's own, or the one the ops app (GATEWAY_METRICS_PORT) reports on."""
+    return request.app.get(API_APP, request.app)
+
+
 async def metrics(request: web.Request) -> web.Response:
-    for sample in request.app.get(METRICS_SAMPLERS, ()):
-        with contextlib.suppress(UploadError):  # a dependency is down: serve the process metrics anyway
-            await sample()
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Served on the ops port only (never the API port); the samplers cache their SQL for a few seconds."""
+    for sample in api_app(request).get(METRICS_SAMPLERS, ()):
+        # A dependency is down or slow: serve the last samples and the process metrics anyway.
+        with contextlib.suppress(UploadError, TimeoutError):
+            await asyncio.wait_for(sample(), SAMPLE_TIMEOUT)
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class TokenBuckets:

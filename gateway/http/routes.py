@@ -14,13 +14,14 @@ from gateway.http import companion, ietf, parts, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_middleware
 from gateway.http.errors import error_middleware
-from gateway.http.keys import AUTHENTICATOR, OWNER, READINESS_CHECKS, SETTINGS
+from gateway.http.keys import ALLOWANCE, API_APP, AUTHENTICATOR, DRAINING, OWNER, READINESS_CHECKS, SETTINGS
 from gateway.http.observability import (
     HEAD_LIMIT,
     PARTS_LIMIT,
     InFlight,
     LimitBucket,
     RateLimiter,
+    api_app,
     metrics,
     observability_middleware,
 )
@@ -45,14 +46,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+READINESS_TIMEOUT = 2.0
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Postgres and S3 answer within a few seconds."""
-    failures = {}
-    for name, check in request.app[READINESS_CHECKS].items():
-        try:
-            await asyncio.wait_for(check(), 3)
-        except Exception as exc:  # any failure means not ready; say which dependency
-            failures[name] = type(exc).__name__
+    """Ready when Postgres and S3 answer (probed at once, 2 s each), and not draining (after SIGTERM)."""
+    api = api_app(request)
+    if api[DRAINING].is_set():
+        return web.json_response({"status": "draining"}, status=503)
+    checks = api[READINESS_CHECKS]
+    results = await asyncio.gather(*(asyncio.wait_for(check(), READINESS_TIMEOUT) for check in checks.values()),
+                                   return_exceptions=True)
+    # Any failure means not ready; say which dependency.
+    failures = {name: type(result).__name__ for name, result in zip(checks, results, strict=True)
+                if isinstance(result, BaseException)}
     if failures:
         return web.json_response({"status": "unavailable", "failing": failures}, status=503,
                                  headers={"Retry-After": "5"})
@@ -67,7 +74,7 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
     return [
         Route("GET", "/healthz", healthz, "public.healthz", auth=False),
         Route("GET", "/readyz", readyz, "public.readyz", auth=False),
-        Route("GET", "/metrics", metrics, "public.metrics", auth=False),
+        # No /metrics here: it is served on the ops port only (ops_route_table), so the API port answers 404.
         # tus and the IETF draft share the collection and upload URLs.
         Route("OPTIONS", base, ietf.by_protocol(tus.options, ietf.options), "tus.collection", auth=False),
         Route("POST", base, ietf.by_protocol(tus.create, ietf.create), "tus.collection", tus=True),
@@ -107,6 +114,16 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
     ]
 
 
+def ops_route_table() -> list[Route]:
+    """The ops port (GATEWAY_METRICS_PORT): Prometheus and the probes, for the cluster, not the public.
+    It stays open while the API port drains, so /readyz there says `draining`."""
+    return [
+        Route("GET", "/metrics", metrics, "ops.metrics", auth=False),
+        Route("GET", "/healthz", healthz, "ops.healthz", auth=False),
+        Route("GET", "/readyz", readyz, "ops.readyz", auth=False),
+    ]
+
+
 def _guarded(route: Route, limiter: RateLimiter) -> Handler:
     """The handler behind what its route requires: Tus-Resumable, then a token, then its rate limit."""
 
@@ -116,10 +133,10 @@ def _guarded(route: Route, limiter: RateLimiter) -> Handler:
             raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
                               f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
         if route.auth:
-            owner = request.app[AUTHENTICATOR].owner(request.headers.get("Authorization"))
-            request[OWNER] = owner
+            principal = await request.app[AUTHENTICATOR].principal(request.headers.get("Authorization"))
+            request[OWNER], request[ALLOWANCE] = principal.owner, principal.allowance
             if route.limit is not None:
-                limiter.check(route.limit, owner)
+                limiter.check(route.limit, principal.owner)
         return await route.handler(request)
 
     return handler
@@ -151,4 +168,22 @@ def setup_http(app: web.Application) -> None:
     app.middlewares.extend([app[IN_FLIGHT].middleware, observability_middleware(settings.access_log),
                             cors_middleware(settings.cors_origins), error_middleware])
     app.on_response_prepare.append(_tus_resumable_header)
+    app[DRAINING] = asyncio.Event()
+    app.on_response_prepare.append(_close_when_draining)
     add_routes(app, route_table(settings.base_path), limiter)
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """While draining, keep-alive clients (a proxy's upstream pool) are told to reconnect elsewhere."""
+    if request.app[DRAINING].is_set():
+        response.force_close()  # this side closes after the response...
+        response.headers["Connection"] = "close"  # ...and says so (the headers are computed by now)
+
+
+def ops_app(api: web.Application) -> web.Application:
+    """The tiny app of the ops port; it reports on `api` (its probes, samplers and drain state)."""
+    app = web.Application()
+    app[API_APP] = api
+    app.middlewares.append(error_middleware)
+    add_routes(app, ops_route_table(), RateLimiter({}))
+    return app

@@ -22,6 +22,7 @@ from gateway.http.common import (
     DIGITS,
     UPLOAD_ID,
     RequestBodyStream,
+    allowance_of,
     owner_of,
     parse_non_negative,
     upload_id_of,
@@ -204,7 +205,7 @@ async def create(request: web.Request) -> web.Response:
     upload = await request.app[SERVICE].create(
         owner_of(request), length=length, metadata=parse_metadata(request.headers.get("Upload-Metadata")),
         part_size_hint=_parse_part_size_hint(request), part_checksum=_parse_part_checksum(request),
-        partial=concat == "partial")
+        partial=concat == "partial", allowance=allowance_of(request))
     if with_body and upload.length != 0:
         # The created upload keeps whatever bytes arrive; a failure here still answers 201 (the offset says it).
         try:
@@ -221,7 +222,8 @@ async def _create_final(request: web.Request, concat: str) -> web.Response:
         raise UploadError(ErrorCode.INVALID_CONCAT, "a final upload takes its length from its partial uploads")
     partial_ids = [_upload_id_in(request, url) for url in concat[len("final;"):].split()]
     upload = await request.app[CONCAT].create_final(owner_of(request), partial_ids,
-                                                    parse_metadata(request.headers.get("Upload-Metadata")))
+                                                    parse_metadata(request.headers.get("Upload-Metadata")),
+                                                    allowance_of(request))
     return _created(request, upload)
 
 

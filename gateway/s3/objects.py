@@ -87,7 +87,8 @@ class S3ObjectStore:
 
     async def head_object(self, key: str) -> ObjectHead | None:
         try:
-            async with translate("HeadObject", not_found=("404", "NoSuchKey", "NotFound")):
+            # Without s3:ListBucket (deploy/iam-policy.json) S3 answers a missing key with 403, not 404.
+            async with translate("HeadObject", not_found=("404", "NoSuchKey", "NotFound", "403", "AccessDenied")):
                 response = await self.client.head_object(Bucket=self.bucket, Key=key)
         except UploadError as exc:
             if exc.code is ErrorCode.NOT_FOUND:

@@ -44,8 +44,11 @@ class S3SignedRequests:
         self.session = session
         self.signer = signer
         self.bucket = bucket
-        # Encryption and storage class of everything created (gateway.s3.client.object_headers).
+        # Encryption and storage class of what the gateway creates (gateway.s3.client.object_headers);
+        # short-lived stash segments keep the encryption but not the storage class (IA classes bill
+        # every object for 30 days and at least 128 KiB).
         self.object_headers = object_headers or {}
+        self.stash_headers = {k: v for k, v in self.object_headers.items() if k != "x-amz-storage-class"}
         # Cleared once the server says it has no multi-object delete (GCS's XML API).
         self.multi_delete = True
 
@@ -77,7 +80,7 @@ class S3SignedRequests:
         return await self._put(key, size, body, {"partNumber": str(number), "uploadId": multipart_id}, "UploadPart")
 
     async def put_object(self, key: str, size: int, body: AsyncIterator[bytes]) -> None:
-        await self._put(key, size, body, None, "PutObject", self.object_headers)
+        await self._put(key, size, body, None, "PutObject", self.stash_headers)
 
     async def put_empty(self, key: str, *, content_type: str, metadata: dict[str, str],
                         filename: str | None = None) -> None:

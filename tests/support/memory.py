@@ -149,7 +149,7 @@ class MemoryRepository:
             id=new.id, owner=new.owner, length=row.length, part_size=new.part_size,
             part_checksum=new.part_checksum, metadata=dict(new.metadata), bucket=new.bucket, key=new.key,
             multipart_id=new.multipart_id, state=row.state, concat=new.concat,
-            concat_partials=new.concat_partials,
+            concat_partials=new.concat_partials, size_limit=new.size_limit,
             prefix_parts=row.prefix_parts, expires_at=row.expires_at,
             is_expired=active and row.expires_at <= now,
             signed_max_part=row.signed_max_part, needs_reconcile=needs_reconcile,

@@ -19,6 +19,9 @@ class GatewayProcess:
                  s3_endpoint_url: str | None = None, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The ops listener (/metrics, probes): a free port each, never the shared default 9090.
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         self.log = log_dir / f"gateway-{self.port}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         self.env.update({
@@ -28,16 +31,18 @@ class GatewayProcess:
             "GATEWAY_S3_ACCESS_KEY_ID": stack.s3_access_key_id,
             "GATEWAY_S3_SECRET_ACCESS_KEY": stack.s3_secret_access_key,
             "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_JWT_AUDIENCE": AUDIENCE, "GATEWAY_JWT_ISSUER": ISSUER,
-            "GATEWAY_PORT": str(self.port), "GATEWAY_ACCESS_LOG": "false",
+            "GATEWAY_PORT": str(self.port), "GATEWAY_METRICS_PORT": str(self.metrics_port),
+            "GATEWAY_ACCESS_LOG": "false",
             "GATEWAY_RATE_LIMIT_PARTS": "0", "GATEWAY_RATE_LIMIT_HEAD": "0",
             **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
         })
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True, workers: int = 1) -> None:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=self.env,
-                                            stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)], env=self.env,
+                stdout=log, stderr=log)
         if wait:
             self.wait_ready()
 

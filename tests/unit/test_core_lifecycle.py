@@ -76,7 +76,12 @@ async def test_signed_urls_pin_the_planned_size_and_follow_credentials() -> None
     assert [t.size for t in world.signer.signed] == [PART, 123]
     # Valid until 5 minutes before the credentials expire, not the full presign_ttl.
     assert 240 < signed.expires_in <= 300
+    # Short-lived credentials: the margin is half the time they have left.
     world.signer.credentials_expire = datetime.now(UTC) + timedelta(minutes=4)
+    signed = await world.uploads.sign(upload.id, ALICE, [PartRequest(1)], None)
+    assert 110 < signed.expires_in <= 120
+    # Credentials about to expire sign nothing: a retryable 503 until they are refreshed.
+    world.signer.credentials_expire = datetime.now(UTC) + timedelta(seconds=1)
     error = await error_of(world.uploads.sign(upload.id, ALICE, [PartRequest(1)], None))
     assert error.code is ErrorCode.STORAGE_UNAVAILABLE and error.retry_after
 

@@ -169,10 +169,6 @@ async def test_declaring_a_length_the_parts_already_cover_completes(world: World
     assert world.store.object_bytes(upload.key) == data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: for a deferred-length upload, sign() accepts any part number up to 10,000, ignoring "
-    "max_upload_size (the proxy path enforces it via `limit`): S3 can be made to hold up to "
-    "10,000 x part_size bytes for one upload, which then can never complete (LENGTH_CONFLICT)"))
 async def test_deferred_upload_cannot_sign_parts_past_the_maximum_size() -> None:
     world = build_world(max_upload_size=20 * MiB)
     upload = await world.create(None, part_size=PART)
