@@ -252,6 +252,10 @@ class Settings:
     completion_retry_after: float = setting(120.0, parse_duration)
     max_active_uploads_per_owner: int = setting(1000, **_at_least(1, "must be at least 1"))
     max_active_bytes_per_owner: int = setting(20 * TiB, parse_size)
+    # tus concatenation: partial uploads per final, and bytes of small partials streamed through the
+    # gateway (larger pieces are copied inside S3) per final.
+    concat_max_partials: int = setting(100, check=lambda v, s: 1 <= v <= 10_000, message="must be between 1 and 10000")
+    concat_max_streamed: int = setting(64 * MiB, parse_size)
     sweep_interval: float = setting(60.0, parse_duration)
     tombstone_days: int = setting(30, **_at_least(1, "must be at least 1 (tus clients need tombstones to resume)"))
     # An S3 multipart upload under the prefix with no live row is aborted after this long.

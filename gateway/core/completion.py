@@ -17,7 +17,7 @@ from gateway.core.limits import Limits
 from gateway.core.listing import list_from
 from gateway.core.model import ConfirmedPart, State, Upload
 from gateway.core.ports import CompleteRefused, ObjectStore, UploadRepository
-from gateway.core.rules import planned_with_length
+from gateway.core.rules import planned_with_length, quota_exceeded
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class Completion:
         planned_with_length(upload, length, self.limits.max_upload_size)
         if upload.length is not None:
             return upload
-        declared = await self.repo.declare_length(upload.id, length, self.limits.upload_ttl)
+        declared, over_quota = await self.repo.declare_length(upload.id, length, self.limits.upload_ttl)
+        if over_quota:
+            raise quota_exceeded(upload.quota_bytes)
         if declared is None:
             raise UploadError(ErrorCode.LENGTH_ALREADY_SET, "the upload length is already known")
         if declared.state is State.COMPLETING:

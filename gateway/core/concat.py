@@ -29,7 +29,7 @@ from gateway.core.model import (
     object_key,
 )
 from gateway.core.ports import ByteStore, ObjectStore, UploadRepository
-from gateway.core.rules import load_owned, size_limit
+from gateway.core.rules import load_owned, quota_exceeded, quota_for, size_limit
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +94,33 @@ class Concatenation:
 
     async def create_final(self, owner: Owner, partial_ids: Sequence[str], metadata: Mapping[str, str | None],
                            allowance: Allowance = NO_ALLOWANCE) -> Upload:
+        limits = self.limits
         if not partial_ids:
             raise UploadError(ErrorCode.INVALID_CONCAT, "Upload-Concat: final needs at least one partial upload")
+        if len(partial_ids) > limits.concat_max_partials:
+            raise UploadError(ErrorCode.INVALID_CONCAT,
+                              f"a final upload joins at most {limits.concat_max_partials} partial uploads")
         partials = [await self._partial(owner, upload_id) for upload_id in partial_ids]
         length = sum(p.length or 0 for p in partials)
-        limits = self.limits
         largest = size_limit(limits, allowance)
         if length > largest:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the concatenation exceeds {largest} bytes")
+        # The bytes S3 will copy count against the owner's quota like an upload of that length would.
+        quota = quota_for(limits, allowance)
+        if quota is not None and await self.repo.active_bytes(owner, "") + length > quota.max_bytes:
+            raise quota_exceeded(quota.max_bytes)
+        plan = plan_parts([(p.key, p.length or 0) for p in partials])
+        streamed = sum(part.size for part in plan if not part.copy)
+        if streamed > limits.concat_max_streamed:
+            raise UploadError(ErrorCode.INVALID_CONCAT,
+                              f"the partial uploads are too small: {streamed} bytes would pass through the gateway "
+                              f"(at most {limits.concat_max_streamed}); make every partial but the last >= 5 MiB")
         kept = md.validate_metadata(metadata)
         upload_id = new_upload_id()
         key = object_key(limits.s3_key_prefix, upload_id)
         content_type = md.content_type(kept)
         s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
         store = self.store
-        plan = plan_parts([(p.key, p.length or 0) for p in partials])
         if not plan:
             await store.put_empty(key, content_type=content_type, metadata=s3_meta, filename=md.filename(kept))
             multipart_id = None

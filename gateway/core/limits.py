@@ -23,4 +23,6 @@ class Limits:
     complete_timeout: float
     head_reconcile_timeout: float
     reconcile_interval: float
+    concat_max_partials: int
+    concat_max_streamed: int
     quota: Quota | None = None

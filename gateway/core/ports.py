@@ -45,8 +45,14 @@ class UploadRepository(Protocol):
         None unless the upload is still active."""
         ...
 
-    async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
-        """Set a deferred length once; None if the length was already set or the upload is not active."""
+    async def declare_length(self, upload_id: str, length: int, ttl: int) -> tuple[Upload | None, bool]:
+        """Set a deferred length once, atomically within the owner's byte quota (`quota_bytes`):
+        (upload, False); (None, True) when the quota refuses it; (None, False) when the length was
+        already set or the upload is not active."""
+        ...
+
+    async def active_bytes(self, owner: Owner, excluding: str) -> int:
+        """Bytes declared in the owner's active uploads other than `excluding` (the quota's measure)."""
         ...
 
     async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int,

@@ -24,7 +24,7 @@ from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.model import ConfirmedPart, Owner, StashSegment, State, Upload
 from gateway.core.ports import BodyInterrupted, ByteStore, RequestBody, UploadRepository
-from gateway.core.rules import load_alive, offset_mismatch, planned_with_length
+from gateway.core.rules import load_alive, offset_mismatch, planned_with_length, quota_exceeded, quota_headroom
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,11 @@ class ProxyUploads:
         # The body must fit the length it declares before the declaration is written.
         max_size = self.limits.max_upload_size
         limit = min(planned_with_length(upload, declared_length, max_size).limit, max_size)
+        headroom = await quota_headroom(self.repo, upload) if declared_length is None else None
+        if headroom is not None:  # a deferred upload stops where its owner's byte quota ends
+            if body.length is not None and offset + body.length > headroom:
+                raise quota_exceeded(upload.quota_bytes)
+            limit = min(limit, headroom)
         if body.length is not None and offset + body.length > limit:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"the body goes past the upload's end ({limit} bytes)")
         if declared_length is not None:
@@ -238,6 +243,11 @@ class _Patch:
         data = await self.source.read_up_to(min(need, CHUNKED_SEGMENT, self.limit - self.written))
         if not data:
             return False
+        if self.written + len(data) >= self.limit and await self.source.has_more():
+            # The body runs past the upload's end: refuse before the last part could complete the
+            # upload with the wrong bytes (whole parts before it stay, as the offset says).
+            raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, "the body goes past the upload's end",
+                              details={"offset": self.upload.offset})
         if len(data) == need:
             return await self._write_part(need + sum(s.size for s in self.stash), need, _once(data))
         await self._write_stash(len(data), _once(data))

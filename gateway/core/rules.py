@@ -63,6 +63,20 @@ def quota_for(limits: Limits, allowance: Allowance) -> Quota | None:
     return replace(quota, max_bytes=min(quota.max_bytes, allowance.max_active_bytes))
 
 
+def quota_exceeded(max_bytes: int | None, max_uploads: int | None = None) -> UploadError:
+    uploads = f"at most {max_uploads} active uploads and " if max_uploads is not None else ""
+    return UploadError(ErrorCode.QUOTA_EXCEEDED,
+                       f"{uploads}{max_bytes} declared bytes per owner; finish or delete some uploads first")
+
+
+async def quota_headroom(repo: UploadRepository, upload: Upload) -> int | None:
+    """Bytes a deferred upload may still take before its owner's byte quota is full (None: no quota).
+    The declaration itself is checked atomically; this bounds what is written before it."""
+    if upload.quota_bytes is None or upload.length is not None:
+        return None
+    return max(0, upload.quota_bytes - await repo.active_bytes(upload.owner, upload.id))
+
+
 def offset_mismatch(upload: Upload) -> UploadError:
     return UploadError(ErrorCode.OFFSET_MISMATCH, f"Upload-Offset must be {upload.offset}",
                        details={"offset": upload.offset})

@@ -42,7 +42,9 @@ from gateway.core.rules import (
     load_owned,
     not_found,
     planned_with_length,
+    quota_exceeded,
     quota_for,
+    quota_headroom,
     size_limit,
 )
 
@@ -109,6 +111,7 @@ class UploadService:
         largest = size_limit(limits, allowance)
         if length is not None and length > largest:
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, f"Upload-Length exceeds the maximum of {largest} bytes")
+        quota = quota_for(limits, allowance)
         kept = md.validate_metadata(metadata)
         if self.create_hook is not None:
             # What a hook adds obeys the same limits.
@@ -134,15 +137,13 @@ class UploadService:
             state = State.ACTIVE
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=kept, bucket=limits.s3_bucket, key=key, multipart_id=multipart_id, state=state,
-                        concat="partial" if partial else None, size_limit=largest)
-        quota = quota_for(limits, allowance)
+                        concat="partial" if partial else None, size_limit=largest,
+                        quota_bytes=quota.max_bytes if quota else None)
         upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, quota)
         if upload is None:
             await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))
             assert quota is not None
-            raise UploadError(ErrorCode.QUOTA_EXCEEDED,
-                              f"at most {quota.max_uploads} active uploads and {quota.max_bytes} declared bytes "
-                              "per owner; finish or delete some first")
+            raise quota_exceeded(quota.max_bytes, quota.max_uploads)
         return upload
 
     # -- status -------------------------------------------------------------------------------------
@@ -208,6 +209,11 @@ class UploadService:
         if unknown:
             raise UploadError(ErrorCode.UNKNOWN_PART, f"no such part in this upload: {unknown[:10]}",
                               details={"parts": unknown})
+        headroom = await quota_headroom(self.repo, planned)
+        beyond = [n for n in numbers if headroom is not None and (n - 1) * planned.part_size >= headroom]
+        if beyond:
+            # A deferred upload: parts starting past what the owner's quota leaves could never be declared.
+            raise quota_exceeded(planned.quota_bytes)
         already = [n for n in numbers if planned.is_confirmed(n)]
         if already:
             # A live URL could replace a confirmed part and break Complete.

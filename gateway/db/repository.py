@@ -68,6 +68,7 @@ _NEW_COLUMNS: tuple[tuple[str, str, Callable[[NewUpload], object]], ...] = (
     ("concat", "text", lambda n: n.concat),
     ("concat_partials", "text[]", lambda n: list(n.concat_partials)),
     ("size_limit", "bigint", lambda n: n.size_limit),
+    ("quota_bytes", "bigint", lambda n: n.quota_bytes),
 )
 # Then: ttl, max_age, quota's max uploads and max bytes.
 _TTL, _MAX_AGE, _QUOTA_UPLOADS, _QUOTA_BYTES = (f"${len(_NEW_COLUMNS) + i}" for i in range(1, 5))
@@ -111,14 +112,29 @@ with u as (
 select {_SELECT} from u
 """
 
-_DECLARE_LENGTH = _returning("""
+# The bytes declared in an owner's active uploads (the quota's measure), but for upload $3.
+_OWNER_ACTIVE_BYTES = """
+    (select coalesce(sum(o.length), 0) from uploads o
+     where o.owner_iss = {iss} and o.owner_sub = {sub} and o.state = 'active' and o.id <> {id})
+"""
+# Serialises one owner's quota decisions (creations and length declarations), so two cannot both take
+# the last bytes. Its own statement: the next one's snapshot must include whatever the lock waited for.
+_OWNER_LOCK = "select pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 0))"
+_LOCK_OWNER_OF = """
+    select pg_advisory_xact_lock(hashtextextended(length(owner_iss) || ':' || owner_iss || owner_sub, 0))
+    from uploads where id = $1
+"""
+_DECLARE_LENGTH = _returning(f"""
     update uploads set length = $2,
                        state = case when prefix_parts * part_size >= $2 then 'completing' else state end,
                        completing_since = case when prefix_parts * part_size >= $2 then now() end,
                        expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
                        updated_at = now()
     where id = $1 and state = 'active' and length is null
+      and (quota_bytes is null or {_OWNER_ACTIVE_BYTES.format(iss="uploads.owner_iss", sub="uploads.owner_sub",
+                                                               id="uploads.id")} + $2 <= quota_bytes)
 """)
+_ACTIVE_BYTES = f"select {_OWNER_ACTIVE_BYTES.format(iss='$1', sub='$2', id='$3')}"
 
 _CONFIRM = f"""
     select {_select("c.confirmed_beyond", "c.stash")}, c.started_completing
@@ -268,6 +284,7 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         concat=row["concat"],
         concat_partials=tuple(row["concat_partials"]),
         size_limit=row["size_limit"],
+        quota_bytes=row["quota_bytes"],
     )
 
 
@@ -286,10 +303,7 @@ class PgUploadRepository:
                 quota.max_uploads if quota else None, quota.max_bytes if quota else None)
         async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
             if quota:
-                # Serialises one owner's creations so two cannot both take the last slot. A separate
-                # statement: the insert's snapshot must include whatever the lock waited for.
-                await conn.execute("select pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 0))",
-                                   new.owner.issuer, new.owner.subject)
+                await conn.execute(_OWNER_LOCK, new.owner.issuer, new.owner.subject)
             row = await conn.fetchrow(_INSERT, *args)
         return _to_upload(row) if row else None
 
@@ -304,8 +318,21 @@ class PgUploadRepository:
         return await self._fetch_upload(_RECORD_SIGNED, upload_id, max_part, urls_expire_at, ttl,
                                         [n for n, _ in checksums], [c for _, c in checksums])
 
-    async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
-        return await self._fetch_upload(_DECLARE_LENGTH, upload_id, length, ttl)
+    async def declare_length(self, upload_id: str, length: int, ttl: int) -> tuple[Upload | None, bool]:
+        async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_LOCK_OWNER_OF, upload_id)
+            row = await conn.fetchrow(_DECLARE_LENGTH, upload_id, length, ttl)
+            if row is not None:
+                return _to_upload(row), False
+            current = await conn.fetchrow(_GET, upload_id)
+        # Refused although still open to a declaration: the owner's byte quota.
+        refused_by_quota = (current is not None and current["state"] == "active" and current["length"] is None
+                            and not current["is_expired"])
+        return None, refused_by_quota
+
+    async def active_bytes(self, owner: Owner, excluding: str) -> int:
+        async with translate_db_errors():
+            return int(await self.pool.fetchval(_ACTIVE_BYTES, owner.issuer, owner.subject, excluding))
 
     async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int,
                             writer_gen: int | None = None) -> ConfirmResult | None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import State, Upload
 from gateway.http.common import RequestBodyStream, allowance_of, owner_of, upload_id_of, upload_url
+from gateway.http.errors import STATUS
 from gateway.http.keys import PROXY, SERVICE, SETTINGS
 
 INTEROP_VERSION = "8"
@@ -116,8 +117,15 @@ async def create(request: web.Request) -> web.StreamResponse:
     await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
                               "Upload-Draft-Interop-Version": INTEROP_VERSION})
     if upload.state is State.ACTIVE and request.content_length != 0:
-        upload = await request.app[PROXY].append(upload.id, upload.owner, 0, RequestBodyStream(request),
-                                                 complete=complete)
+        try:
+            upload = await request.app[PROXY].append(upload.id, upload.owner, 0, RequestBodyStream(request),
+                                                     complete=complete)
+        except UploadError as exc:
+            # The 104 already named the upload, but a refused creation must leave nothing behind (no
+            # orphan counting against the quota); on a 5xx the client may still resume it.
+            if STATUS[exc.code] < 500:
+                await request.app[SERVICE].terminate(upload.id, upload.owner)
+            raise
     return web.Response(status=201, headers={**_state_headers(request, upload), "Location": location})
 
 

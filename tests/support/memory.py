@@ -149,7 +149,7 @@ class MemoryRepository:
             id=new.id, owner=new.owner, length=row.length, part_size=new.part_size,
             part_checksum=new.part_checksum, metadata=dict(new.metadata), bucket=new.bucket, key=new.key,
             multipart_id=new.multipart_id, state=row.state, concat=new.concat,
-            concat_partials=new.concat_partials, size_limit=new.size_limit,
+            concat_partials=new.concat_partials, size_limit=new.size_limit, quota_bytes=new.quota_bytes,
             prefix_parts=row.prefix_parts, expires_at=row.expires_at,
             is_expired=active and row.expires_at <= now,
             signed_max_part=row.signed_max_part, needs_reconcile=needs_reconcile,
@@ -217,19 +217,30 @@ class MemoryRepository:
             row.signed_checksums[number] = checksum
         return self._upload(row, now)
 
-    async def declare_length(self, upload_id: str, length: int, ttl: int) -> Upload | None:
+    async def declare_length(self, upload_id: str, length: int, ttl: int) -> tuple[Upload | None, bool]:
         await self._yield()
         now = self._now()
         row = self.rows.get(upload_id)
         if row is None or row.state is not State.ACTIVE or row.length is not None:
-            return None
+            return None, False
+        quota = row.new.quota_bytes
+        if quota is not None and self._active_bytes(row.new.owner, upload_id) + length > quota:
+            return None, not (row.expires_at <= now)
         row.length = length
         covered = row.prefix_parts * row.new.part_size >= length
         if covered:
             row.state = State.COMPLETING
         row.completing_since = now if covered else None
         self._slide(row, ttl, now)
-        return self._upload(row, now)
+        return self._upload(row, now), False
+
+    def _active_bytes(self, owner: Owner, excluding: str) -> int:
+        return sum(r.length or 0 for r in self.rows.values()
+                   if r.new.owner == owner and r.state is State.ACTIVE and r.new.id != excluding)
+
+    async def active_bytes(self, owner: Owner, excluding: str) -> int:
+        await self._yield()
+        return self._active_bytes(owner, excluding)
 
     async def confirm_parts(self, upload_id: str, parts: Sequence[ConfirmedPart], ttl: int,
                             writer_gen: int | None = None) -> ConfirmResult | None:
@@ -706,6 +717,8 @@ SMALL_LIMITS = Limits(
     complete_timeout=2.0,
     head_reconcile_timeout=1.0,
     reconcile_interval=30.0,
+    concat_max_partials=100,
+    concat_max_streamed=64 * MiB,
     quota=None,
 )
 

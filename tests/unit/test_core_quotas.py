@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.core.errors import ErrorCode
 from gateway.core.model import MiB
 from gateway.core.ports import Quota
@@ -44,9 +42,6 @@ async def test_refused_empty_upload_leaves_no_object() -> None:
     assert world.store.objects == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core gap: the declared-bytes quota is only checked at insert; a deferred upload counts 0 bytes and "
-    "its later length declaration (Completion.declare_length / repo.declare_length) is never checked"))
 async def test_a_later_length_declaration_obeys_the_bytes_quota() -> None:
     world = build_world(quota=Quota(max_uploads=10, max_bytes=20 * MiB))
     await world.create(15 * MiB)
