@@ -74,13 +74,16 @@ async def test_expired_upload_is_swept(gateway: Gateway, db, s3) -> None:  # typ
 
 
 async def test_orphan_multipart_uploads_are_aborted(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
-    async for gw in start_gateway(make_settings(stack, orphan_grace=0)):
+    # The grace period stays on while the upload is created: the instance's own sweep at start-up could
+    # otherwise see its multipart upload before its row exists (the race the grace period is for).
+    async for gw in start_gateway(make_settings(stack)):
         live = await gw.create(PART)
         live_row = await upload_row(db, upload_id(live))
         # A crash between CreateMultipartUpload and the INSERT leaves an S3 upload nobody knows.
         orphan = s3.create_multipart_upload(Bucket=live_row["bucket"],
                                             Key=f"{gw.settings.s3_key_prefix}/zz/00orphan")
         sweeper = gw.app[BACKGROUND].sweeper
+        sweeper.orphan_grace = 0
         sweeper.next_orphan_scan = 0  # the orphan scan runs once per grace period; this one is due now
         await sweeper.run_once()
         # Page through: SeaweedFS may truncate before it filters by prefix.
