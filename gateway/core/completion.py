@@ -68,7 +68,29 @@ class Completion:
             log.warning("completion of %s left for the worker: %s", upload.id, exc)
 
     async def finish(self, upload: Upload) -> State:
-        """Complete a `completing` upload; also what the completion worker calls."""
+        """Complete a `completing` upload, holding its lease meanwhile; also what the worker calls."""
+        lease = asyncio.create_task(self._hold_lease(upload.id))
+        try:
+            return await self._finish(upload)
+        finally:
+            lease.cancel()
+
+    async def _hold_lease(self, upload_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.limits.completion_retry_after / 3)
+            try:
+                await self.repo.renew_completion(upload_id)
+            except UploadError as exc:  # the database is away: another instance may take over, harmlessly
+                log.warning("could not renew the completion lease of %s: %s", upload_id, exc)
+
+    async def take_over(self, upload: Upload) -> Upload:
+        """A `completing` upload whose instance died: finish it now if its lease lapsed (one caller wins)."""
+        claimed = await self.repo.claim_stale_completing(self.limits.completion_retry_after, 1, upload.id)
+        if claimed:
+            await self.complete_in_request(claimed[0])
+        return upload
+
+    async def _finish(self, upload: Upload) -> State:
         parts = await self.repo.confirmed_parts(upload.id)
         try:
             await self.store.complete(upload.key, upload.multipart_id or "", parts, upload.part_checksum)

@@ -23,6 +23,9 @@ class Limits:
     complete_timeout: float
     head_reconcile_timeout: float
     reconcile_interval: float
+    # A completing upload's lease: renewed while CompleteMultipartUpload runs; once it lapsed this
+    # long any instance takes over (docs/architecture.md §3.4).
+    completion_retry_after: float
     concat_max_partials: int
     concat_max_streamed: int
     quota: Quota | None = None

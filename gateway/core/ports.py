@@ -72,8 +72,14 @@ class UploadRepository(Protocol):
         """Replace all stash segments of segment.part by one (compaction)."""
         ...
 
-    async def claim_stale_completing(self, stale_after: float, limit: int) -> list[Upload]:
-        """`completing` uploads nobody has worked on for `stale_after` seconds, leased to the caller."""
+    async def claim_stale_completing(self, stale_after: float, limit: int,
+                                     upload_id: str | None = None) -> list[Upload]:
+        """`completing` uploads (or that one) whose completion lease lapsed `stale_after` seconds ago,
+        leased to the caller."""
+        ...
+
+    async def renew_completion(self, upload_id: str) -> None:
+        """Renew the caller's completion lease while CompleteMultipartUpload runs."""
         ...
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:

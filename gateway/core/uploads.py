@@ -380,6 +380,10 @@ class UploadService:
     async def download(self, upload_id: str, owner: Owner) -> Download:
         upload = await load_alive(self.repo, upload_id, owner)
         if upload.state is State.COMPLETING:
+            # The instance completing it may have died: take over once its lease lapsed.
+            await self.completion.take_over(upload)
+            upload = await load_alive(self.repo, upload_id, owner)
+        if upload.state is State.COMPLETING:
             raise UploadError(ErrorCode.NOT_READY, "the upload is being completed", retry_after=RETRY_AFTER_COMPLETING)
         if upload.state is not State.COMPLETED:
             raise UploadError(ErrorCode.NOT_READY, "the upload is not complete yet")

@@ -179,12 +179,16 @@ with u as (
     update uploads set completing_since = now()
     where id in (select id from uploads
                  where state = 'completing' and completing_since < now() - make_interval(secs => $1::float8)
+                   and ($3::text is null or id = $3)
                  order by completing_since limit $2
                  for update skip locked)
     returning *
 )
 select {_SELECT} from u
 """
+
+# The completing instance's lease: renewed while CompleteMultipartUpload runs (large objects take minutes).
+_RENEW_COMPLETION = "update uploads set completing_since = now() where id = $1 and state = 'completing'"
 
 _CLAIM_RECONCILE = """
     update uploads set reconciled_at = now()
@@ -361,10 +365,15 @@ class PgUploadRepository:
             return await self.pool.fetchval(_REPLACE_STASH, upload_id, writer_gen, segment.part, segment.seq,
                                             segment.key, segment.size) is not None
 
-    async def claim_stale_completing(self, stale_after: float, limit: int) -> list[Upload]:
+    async def claim_stale_completing(self, stale_after: float, limit: int,
+                                     upload_id: str | None = None) -> list[Upload]:
         async with translate_db_errors():
-            rows = await self.pool.fetch(_CLAIM_STALE_COMPLETING, stale_after, limit)
+            rows = await self.pool.fetch(_CLAIM_STALE_COMPLETING, stale_after, limit, upload_id)
         return [_to_upload(row) for row in rows]
+
+    async def renew_completion(self, upload_id: str) -> None:
+        async with translate_db_errors():
+            await self.pool.execute(_RENEW_COMPLETION, upload_id)
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
         async with translate_db_errors():

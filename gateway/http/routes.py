@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -27,6 +28,7 @@ from gateway.http.observability import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METHOD_OVERRIDE = "X-HTTP-Method-Override"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Route:
     # tus requests must carry `Tus-Resumable: 1.0.0` (requests of the IETF draft are recognised apart).
     tus: bool = False
     limit: LimitBucket | None = None
+    # tus's X-HTTP-Method-Override: a POST to this path naming this method *is* this route, resolved
+    # before anything else looks at the request (`resolve_method_override`).
+    override: bool = False
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -70,7 +75,6 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
     """Preflights (OPTIONS) never need a token or Tus-Resumable; the CORS middleware answers their headers."""
     upload = f"{base}/{{upload_id:{UPLOAD_ID_PATTERN}}}"
     s3_upload = f"{s3_base}/multipart/{{upload_id:{UPLOAD_ID_PATTERN}}}"
-    on_upload = {"HEAD": tus.head, "PATCH": tus.patch, "DELETE": tus.delete}
     return [
         Route("GET", "/healthz", healthz, "public.healthz", auth=False),
         Route("GET", "/readyz", readyz, "public.readyz", auth=False),
@@ -79,10 +83,12 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
         Route("OPTIONS", base, ietf.by_protocol(tus.options, ietf.options), "tus.collection", auth=False),
         Route("POST", base, ietf.by_protocol(tus.create, ietf.create), "tus.collection", tus=True),
         Route("OPTIONS", upload, ietf.by_protocol(tus.options, ietf.options), "tus.upload", auth=False),
-        Route("HEAD", upload, ietf.by_protocol(tus.head, ietf.head), "tus.upload", tus=True, limit=HEAD_LIMIT),
-        Route("DELETE", upload, ietf.by_protocol(tus.delete, ietf.cancel), "tus.upload", tus=True),
-        Route("PATCH", upload, ietf.by_protocol(tus.patch, ietf.append), "tus.upload", tus=True),
-        Route("POST", upload, tus.method_override(on_upload), "tus.upload", tus=True),
+        # `override`: POST + X-HTTP-Method-Override: HEAD|DELETE|PATCH is that row, with exactly its checks
+        # (and protocol dispatch); any other POST here is 405.
+        Route("HEAD", upload, ietf.by_protocol(tus.head, ietf.head), "tus.upload", tus=True, limit=HEAD_LIMIT,
+              override=True),
+        Route("DELETE", upload, ietf.by_protocol(tus.delete, ietf.cancel), "tus.upload", tus=True, override=True),
+        Route("PATCH", upload, ietf.by_protocol(tus.patch, ietf.append), "tus.upload", tus=True, override=True),
         # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
         Route("GET", upload, tus.download, "download"),
         # The presigned-parts extension (the direct path).
@@ -124,10 +130,30 @@ def ops_route_table() -> list[Route]:
     ]
 
 
+# Headers a request may carry once: with two, which one counts would depend on who reads them (tus,
+# the IETF draft, the token, the method override). aiohttp's parser already refuses two Content-Length or
+# Content-Type lines; they are listed so the rule holds whichever parser runs.
+SINGLE_HEADERS = (
+    "Tus-Resumable", "Upload-Length", "Upload-Defer-Length", "Upload-Offset", "Upload-Metadata", "Upload-Checksum",
+    "Upload-Concat", "Upload-Part-Size", "Upload-Part-Checksum", "Upload-Complete", "Upload-Draft-Interop-Version",
+    "Content-Disposition", "Authorization", METHOD_OVERRIDE, "Content-Length", "Content-Type",
+)
+
+
+def refuse_repeated_headers(request: web.Request) -> None:
+    """400 `invalid_request` naming the first protocol header that appears more than once."""
+    for name in SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise UploadError(ErrorCode.INVALID_REQUEST, f"the {name} header appears more than once",
+                              details={"header": name})
+
+
 def _guarded(route: Route, limiter: RateLimiter) -> Handler:
-    """The handler behind what its route requires: Tus-Resumable, then a token, then its rate limit."""
+    """The handler behind what its route requires: one copy of each protocol header, Tus-Resumable, then a
+    token, then its rate limit."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        refuse_repeated_headers(request)
         if (route.tus and not ietf.is_ietf(request)
                 and request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION):
             raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
@@ -142,16 +168,54 @@ def _guarded(route: Route, limiter: RateLimiter) -> Handler:
     return handler
 
 
+def _overridden(methods: dict[str, Handler]) -> Handler:
+    """The POST of a path with `override` routes. `resolve_method_override` has already turned a POST naming
+    one of them into that method, so what still arrives as POST named none: 405, like an unknown method."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        route = methods.get(request.method)
+        if route is None:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+        return await route(request)
+
+    return handler
+
+
 def add_routes(app: web.Application, routes: list[Route], limiter: RateLimiter) -> None:
-    """One aiohttp resource per route name, in table order (the router tries them in that order)."""
+    """One aiohttp resource per route name, in table order (the router tries them in that order); a
+    resource with `override` routes also takes POST for them."""
     resources: dict[str, tuple[str, web.Resource]] = {}
+    overrides: dict[str, dict[str, Handler]] = {}
     for route in routes:
         if route.name not in resources:
             resources[route.name] = (route.path, app.router.add_resource(route.path, name=route.name))
         path, resource = resources[route.name]
         if path != route.path:
             raise ValueError(f"route {route.name} has two paths: {path} and {route.path}")
-        resource.add_route(route.method, _guarded(route, limiter))
+        guarded = _guarded(route, limiter)
+        resource.add_route(route.method, guarded)
+        if route.override:
+            overrides.setdefault(route.name, {})[route.method] = guarded
+    for name, methods in overrides.items():
+        resources[name][1].add_route("POST", _guarded(Route("POST", resources[name][0], _overridden(methods), name,
+                                                            auth=False), limiter))
+    app[OVERRIDES] = {name: frozenset(methods) for name, methods in overrides.items()}
+
+
+@web.middleware
+async def resolve_method_override(request: web.Request, handler: Any) -> web.StreamResponse:
+    """tus's X-HTTP-Method-Override, resolved once before anything depends on the method: a POST naming
+    an `override` route of its path becomes that request (`clone(method=...)`), so the metrics, the access
+    log, CORS, the route's own checks (Tus-Resumable, token, rate limit) and the protocol dispatch all see
+    the method the client meant, exactly as if it had sent it. Only the method changes: the same headers
+    pick tus or the IETF draft as they do on a direct request. Anything else (no override route there, an
+    unknown or repeated method name) stays a POST, which that route table row answers (405 or 400)."""
+    if request.method == "POST" and METHOD_OVERRIDE in request.headers:
+        methods = request.app.get(OVERRIDES, {}).get(request.match_info.route.name or "")
+        names = request.headers.getall(METHOD_OVERRIDE)
+        if methods and len(names) == 1 and (method := names[0].strip().upper()) in methods:
+            request = request.clone(method=method)
+    return await handler(request)
 
 
 async def _tus_resumable_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -159,14 +223,18 @@ async def _tus_resumable_header(request: web.Request, response: web.StreamRespon
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+# Per resource name: the methods a POST with X-HTTP-Method-Override may name there.
+OVERRIDES = web.AppKey("method_overrides", dict[str, frozenset[str]])
 
 
 def setup_http(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[IN_FLIGHT] = InFlight()
     limiter = RateLimiter({PARTS_LIMIT: settings.rate_limit_parts, HEAD_LIMIT: settings.rate_limit_head})
-    app.middlewares.extend([app[IN_FLIGHT].middleware, observability_middleware(settings.access_log),
-                            cors_middleware(settings.cors_origins), error_middleware])
+    # The method override first: every middleware after it sees the effective method.
+    app.middlewares.extend([resolve_method_override, app[IN_FLIGHT].middleware,
+                            observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
+                            error_middleware])
     app.on_response_prepare.append(_tus_resumable_header)
     app[DRAINING] = asyncio.Event()
     app.on_response_prepare.append(_close_when_draining)

@@ -8,7 +8,6 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
 from email.utils import format_datetime
 
 from aiohttp import web
@@ -39,7 +38,6 @@ OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 MAX_METADATA_HEADER = 4096
 _METADATA_KEY = re.compile(r"^[\x21-\x7e]+$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # -- headers ----------------------------------------------------------------------------------------
@@ -264,16 +262,3 @@ async def download(request: web.Request) -> web.Response:
         return web.json_response({"url": result.url, "expires_at": result.expires_at.isoformat()},
                                  headers={"Cache-Control": "no-store"})
     return web.Response(status=302, headers={"Location": result.url, "Cache-Control": "no-store"})
-
-
-def method_override(handlers: Mapping[str, Handler]) -> Handler:
-    """POST with X-HTTP-Method-Override is the named method (tus MUST), for clients that cannot send it."""
-
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        method = request.headers.get("X-HTTP-Method-Override", "").strip().upper()
-        handler = handlers.get(method)
-        if handler is None:
-            raise web.HTTPMethodNotAllowed(request.method, sorted(handlers))
-        return await handler(request.clone(method=method))
-
-    return dispatch

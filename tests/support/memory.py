@@ -301,16 +301,24 @@ class MemoryRepository:
         row.stash = [s for s in row.stash if s.part != segment.part] + [segment]
         return True
 
-    async def claim_stale_completing(self, stale_after: float, limit: int) -> list[Upload]:
+    async def claim_stale_completing(self, stale_after: float, limit: int,
+                                     upload_id: str | None = None) -> list[Upload]:
         await self._yield()
         now = self._now()
         cutoff = now - timedelta(seconds=stale_after)
         stale = sorted((r for r in self.rows.values()
                         if r.state is State.COMPLETING and r.completing_since is not None
-                        and r.completing_since < cutoff), key=lambda r: r.completing_since or now)[:limit]
+                        and r.completing_since < cutoff and upload_id in (None, r.new.id)),
+                       key=lambda r: r.completing_since or now)[:limit]
         for row in stale:
             row.completing_since = now  # the lease
         return [self._upload(row, now) for row in stale]
+
+    async def renew_completion(self, upload_id: str) -> None:
+        await self._yield()
+        row = self.rows.get(upload_id)
+        if row is not None and row.state is State.COMPLETING:
+            row.completing_since = self._now()
 
     async def claim_reconcile(self, upload_id: str, interval: float) -> bool:
         await self._yield()
@@ -717,6 +725,7 @@ SMALL_LIMITS = Limits(
     complete_timeout=2.0,
     head_reconcile_timeout=1.0,
     reconcile_interval=30.0,
+    completion_retry_after=15.0,
     concat_max_partials=100,
     concat_max_streamed=64 * MiB,
     quota=None,
