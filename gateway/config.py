@@ -277,6 +277,13 @@ class Settings:
     demo_page: bool = False
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
     body_idle_timeout: float = setting(45.0, parse_duration)
+    # Connections, per process and listener (gateway/http/connections.py): a request head must arrive
+    # whole this long after its first byte; a connection without a request is closed after the keep-alive
+    # timeout (keep it above the load balancer's idle timeout, so the balancer closes first); connections
+    # beyond the maximum are closed at accept.
+    header_timeout: float = setting(30.0, parse_duration, lambda v, s: v > 0, "must be more than 0")
+    keepalive_timeout: float = setting(75.0, parse_duration, lambda v, s: v > 0, "must be more than 0")
+    max_connections: int = setting(4096, **_at_least(1, "must be at least 1"))
     head_reconcile_timeout: float = setting(1.5, parse_duration)
     reconcile_interval: float = setting(3.0, parse_duration)
 

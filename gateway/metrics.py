@@ -36,6 +36,10 @@ DB_POOL_SIZE = Gauge("gateway_db_pool_connections", "Connections in the asyncpg 
 WORKER_STARTED = Gauge("gateway_worker_start_time_seconds", "When a serving process started (Unix time)",
                        multiprocess_mode="liveall")
 WORKER_RESTARTS = Counter("gateway_worker_restarts_total", "Workers started to replace one that died")
+# gateway/http/connections.py: `header_timeout`, `max_connections` (closed at accept), `malformed_request`
+# (aiohttp answered 400 to an unparsable request head and closed).
+CONNECTIONS_CLOSED = Counter("gateway_connections_closed_total",
+                             "Connections the gateway closed: a connection limit or a malformed request", ["reason"])
 
 
 def exposition() -> bytes:

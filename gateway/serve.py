@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.http.connections import guarded_runner
 from gateway.http.keys import DRAINING
 from gateway.http.routes import IN_FLIGHT, ops_app
 from gateway.metrics import WORKER_STARTED
@@ -30,13 +32,16 @@ log = logging.getLogger(__name__)
 async def serve(app: web.Application, settings: Settings, *, on_ready: Callable[[], None] | None = None,
                 parent_pid: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or until the supervising process `parent_pid` is gone)."""
+    _check_open_files(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed first: a signal during start-up (pool, S3 client) shuts down cleanly once started.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-    ops_runner = web.AppRunner(ops_app(app), handle_signals=False, access_log=None, shutdown_timeout=1)
+    # Header timeout, keep-alive timeout and connection limit on both listeners, each with its own count:
+    # a full API port leaves the probes and scrapes answering (gateway/http/connections.py).
+    runner = guarded_runner(app, settings, "api")
+    ops_runner = guarded_runner(ops_app(app), settings, "ops")
     watcher = None
     try:
         await runner.setup()
@@ -65,6 +70,16 @@ async def serve(app: web.Application, settings: Settings, *, on_ready: Callable[
             watcher.cancel()
         await ops_runner.cleanup()
         await runner.cleanup()
+
+
+def _check_open_files(settings: Settings) -> None:
+    """GATEWAY_MAX_CONNECTIONS only bounds anything below the process's open-files limit: past that,
+    accept() fails (EMFILE) and asyncio stops accepting for a moment, so say so at start-up."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = settings.max_connections + settings.db_pool_max + 256  # + S3, hooks, the ops port, files
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open-files limit (%d) is below GATEWAY_MAX_CONNECTIONS + the pools (about %d): "
+                    "raise it (ulimit -n) or lower GATEWAY_MAX_CONNECTIONS", soft, needed)
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:

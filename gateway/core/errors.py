@@ -30,6 +30,7 @@ class ErrorCode(enum.Enum):
     CHECKSUM_REQUIRED = "checksum_required"
     INVALID_OFFSET = "invalid_offset"
     INVALID_CONTENT_TYPE = "invalid_content_type"
+    REQUEST_TIMEOUT = "request_timeout"
     # auth
     UNAUTHORIZED = "unauthorized"
     INSUFFICIENT_SCOPE = "insufficient_scope"

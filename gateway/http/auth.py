@@ -145,8 +145,12 @@ class Authenticator:
             self.verified.move_to_end(token)
             return cached[0]
         issuer, claims = await self._verify(token)
+        # PyJWT checked int(exp) is in the future, but takes any size; float() overflows past ~1e308.
+        expires = int(claims["exp"])
+        if expires > 253_402_300_799:  # 9999-12-31T23:59:59Z
+            raise _unauthorized("token exp out of range")
         principal = self._principal(issuer, claims)
-        self.verified[token] = (principal, float(claims["exp"]) + self.leeway)
+        self.verified[token] = (principal, expires + self.leeway)
         if len(self.verified) > CACHE_SIZE:
             self.verified.popitem(last=False)
         return principal

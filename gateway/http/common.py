@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import Allowance, Owner
@@ -17,6 +18,7 @@ from gateway.http.keys import ALLOWANCE, OWNER, SETTINGS
 DIGITS = re.compile(r"^[0-9]{1,19}$")
 UPLOAD_ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
 UPLOAD_ID = re.compile(f"^{UPLOAD_ID_PATTERN}$")
+log = logging.getLogger(__name__)
 
 
 def owner_of(request: web.Request) -> Owner:
@@ -53,17 +55,28 @@ def parse_non_negative(request: web.Request, name: str) -> int | None:
 
 
 async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object body, read to its end (one read() returns only what has arrived)."""
+    """The request's JSON object body, read to its end (one read() returns only what has arrived).
+
+    A JSON body is small: all of it must arrive within GATEWAY_BODY_IDLE_TIMEOUT, else 408 (and the
+    connection is closed). A body the client cuts short is the client's failure: 400, logged at info."""
     too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    timeout = request.app[SETTINGS].body_idle_timeout
     pieces: list[bytes] = []
     size = 0
-    while piece := await request.content.read(limit + 1 - size):
-        pieces.append(piece)
-        size += len(piece)
-        if size > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout):
+            while piece := await request.content.read(limit + 1 - size):
+                pieces.append(piece)
+                size += len(piece)
+                if size > limit:
+                    raise too_large
+    except TimeoutError:
+        raise UploadError(ErrorCode.REQUEST_TIMEOUT, f"the request body did not arrive within {timeout:g}s") from None
+    except (ConnectionError, web.RequestPayloadError, ClientPayloadError) as exc:
+        log.info("request body ended early on %s %s: %r", request.method, request.path, exc)
+        raise UploadError(ErrorCode.INVALID_REQUEST, "the request body ended early") from None
     try:
         body = json.loads(b"".join(pieces) or b"{}")
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested input

@@ -34,6 +34,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CHECKSUM_REQUIRED: 400,
     ErrorCode.INVALID_OFFSET: 400,
     ErrorCode.INVALID_CONTENT_TYPE: 415,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.INSUFFICIENT_SCOPE: 403,
     ErrorCode.IDENTITY_UNAVAILABLE: 503,
@@ -125,7 +126,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except UploadError as exc:
-        return render_problem(exc) if "Upload-Draft-Interop-Version" in request.headers else render(exc)
+        response = render_problem(exc) if "Upload-Draft-Interop-Version" in request.headers else render(exc)
+        if exc.code is ErrorCode.REQUEST_TIMEOUT:
+            response.force_close()  # the rest of the body is not coming: the connection cannot be reused
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.embedded import StackInfo
+from gateway.http.connections import guarded_runner
 from tests.support.tokens import AUDIENCE, ISSUER, SECRET, auth
 
 
@@ -46,9 +47,24 @@ class Gateway:
             return response.headers["Location"]
 
 
-async def start_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer on the runner `gateway serve` uses: its header timeout, keep-alive timeout
+    and connection limit. `handler_cancellation=False` is what `serve` does (a handler keeps running when
+    its client goes away); aiohttp's test server cancels it."""
+
+    def __init__(self, app: web.Application, settings: Settings, *, handler_cancellation: bool = True) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.settings = settings
+        self.handler_cancellation = handler_cancellation
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs["handler_cancellation"] = self.handler_cancellation
+        return guarded_runner(self.app, self.settings, **kwargs)
+
+
+async def start_gateway(settings: Settings, *, handler_cancellation: bool = True) -> AsyncIterator[Gateway]:
     app = create_app(settings)
-    server = TestServer(app, host="127.0.0.1")
+    server = GatewayTestServer(app, settings, handler_cancellation=handler_cancellation)
     await server.start_server()
     async with ClientSession() as http:
         yield Gateway(str(server.make_url("")).rstrip("/"), settings, http, app)
@@ -56,9 +72,9 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Gateway]:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Gateway]:
+async def running(settings: Settings, **options: Any) -> AsyncIterator[Gateway]:
     """`start_gateway` as an async context manager (for tests that run several gateways at once)."""
-    instance = start_gateway(settings)
+    instance = start_gateway(settings, **options)
     gw = await anext(instance)
     try:
         yield gw
