@@ -90,6 +90,16 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop GATEWAY_EVENT_LOOP names (None: asyncio's default)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def run(app: web.Application, settings: Settings, *, on_ready: Callable[[], None] | None = None,
         parent_pid: int | None = None) -> None:
-    asyncio.run(serve(app, settings, on_ready=on_ready, parent_pid=parent_pid))
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(serve(app, settings, on_ready=on_ready, parent_pid=parent_pid))

@@ -18,7 +18,7 @@ from gateway.client import DirectUploader, UploadFailed
 from gateway.db.migrate import migrate
 from gateway.embedded import EmbeddedPostgres, EmbeddedSeaweed, StackInfo, free_port
 from tests.support import MiB
-from tests.support.processes import GatewayProcess
+from tests.support.processes import GatewayProcess, patch_then_sigterm, slow_body
 from tests.support.storage import stored_sha256
 from tests.support.tokens import TUS, bearer, token
 
@@ -196,29 +196,11 @@ async def test_s3_outage_gives_503s_then_recovers(stack: StackInfo, tmp_path: Pa
 
 async def test_sigterm_lets_inflight_patch_finish(gateway_process: GatewayProcess) -> None:
     gw = gateway_process
-    data = os.urandom(PART)
     release = asyncio.Event()
-
-    async def slow_body():  # type: ignore[no-untyped-def]
-        yield data[:MiB]
-        await release.wait()
-        yield data[MiB:]
-
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gw.url}/files", headers={**headers(), "Upload-Length": str(PART)}) as r:
-            location = r.headers["Location"]
-
-        async def patch() -> int:
-            async with http.patch(location, data=slow_body(), headers={
-                    **headers(), "Upload-Offset": "0", "Content-Length": str(PART),
-                    "Content-Type": "application/offset+octet-stream"}) as r:
-                return r.status
-
-        inflight = asyncio.create_task(patch())
-        await asyncio.sleep(0.5)
+        inflight = await patch_then_sigterm(gw, http, headers(), slow_body(os.urandom(PART), release), PART,
+                                            settle=0.5)
         assert gw.process is not None
-        gw.process.send_signal(15)
-        await asyncio.sleep(0.5)
         with pytest.raises(TRANSIENT):  # no new requests once shutting down
             async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/healthz") as r:
                 await r.read()

@@ -36,17 +36,17 @@ import botocore.session
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from gateway.app import BACKGROUND
 from gateway.config import Settings, env_name, load_settings
 from gateway.db.migrate import migrate
-from gateway.embedded import HOST, StackInfo, free_port
+from gateway.embedded import StackInfo
 from gateway.s3.setup import ABORT_RULE_ID, CORS_RULE_ID, STASH_RULE_ID, SetupError, apply_bucket_setup
 from tests.support import MiB
 from tests.support.db import upload_row
 from tests.support.direct import confirm, put_part, sign_ok
 from tests.support.gateway import Gateway, make_settings, running, upload_id
+from tests.support.moto import running_moto
 from tests.support.tokens import auth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,20 +108,16 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[Moto]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
-    server.start()
-    endpoint = f"http://{HOST}:{port}"
-    try:
-        Moto(endpoint, "").enforce(False)
-        admin = Moto(endpoint, "")
-        admin.client("s3").create_bucket(Bucket=BUCKET)
-        key_arn = admin.client("kms").create_key(Description="tus gateway SSE-KMS")["KeyMetadata"]["Arn"]
-        yield Moto(endpoint, key_arn)
-    finally:
-        with contextlib.suppress(OSError):
+    with running_moto() as endpoint:
+        try:
             Moto(endpoint, "").enforce(False)
-        server.stop()
+            admin = Moto(endpoint, "")
+            admin.client("s3").create_bucket(Bucket=BUCKET)
+            key_arn = admin.client("kms").create_key(Description="tus gateway SSE-KMS")["KeyMetadata"]["Arn"]
+            yield Moto(endpoint, key_arn)
+        finally:
+            with contextlib.suppress(OSError):
+                Moto(endpoint, "").enforce(False)
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,25 @@ async def test_companion_uploads_cannot_sign_past_the_quota(stack) -> None:  # t
         async with gw.http.get(f"{base}/3", params=query, headers=auth("q-uppy")) as response:
             assert response.status == 403
             assert (await response.json())["error"]["code"] == "quota_exceeded"
+
+
+async def test_concurrent_creations_of_one_owner_take_exactly_the_quota(stack, db) -> None:  # type: ignore[no-untyped-def]
+    """One token at many connections (a load tester): 24 creations race for 10 slots of the counter row."""
+    settings = make_settings(stack, max_active_uploads_per_owner=10, max_active_bytes_per_owner=QUOTA)
+    async with running(settings) as gw:
+        async def create() -> int:
+            async with gw.http.post(gw.files(), headers={**auth("q-many"), "Tus-Resumable": "1.0.0",
+                                                          "Upload-Length": str(MiB)}) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(create() for _ in range(24)))
+        assert sorted(statuses) == [201] * 10 + [403] * 14
+        assert await db.fetchval(
+            "select count(*) from uploads where owner_sub = 'q-many' and state = 'active'") == 10
+        usage = await db.fetchrow("select active_uploads, active_bytes from owner_usage where owner_sub = 'q-many'")
+        assert (usage["active_uploads"], usage["active_bytes"]) == (10, 10 * MiB)
+        # A deleted upload gives its slot back.
+        done = await db.fetchval("select id from uploads where owner_sub = 'q-many' and state = 'active' limit 1")
+        async with gw.http.delete(gw.files(f"/{done}"), headers={**auth("q-many"), "Tus-Resumable": "1.0.0"}) as r:
+            assert r.status == 204
+        assert await create() == 201

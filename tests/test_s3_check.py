@@ -18,10 +18,9 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from gateway.config import Settings
-from gateway.embedded import HOST, StackInfo, free_port
+from gateway.embedded import StackInfo
 from gateway.s3.check import (
     PROBES,
     Check,
@@ -41,6 +40,7 @@ from gateway.s3.check import (
     run_check,
 )
 from gateway.s3.setup import apply_bucket_setup, cors_rule, lifecycle_rules
+from tests.support.moto import running_moto
 
 DAY = 86400
 PREFIX = "media"
@@ -213,19 +213,14 @@ def test_cli_s3_check(stack: StackInfo, s3: Any) -> None:
 @pytest.fixture(scope="module")
 def moto_settings() -> Iterator[Settings]:
     """moto's S3 in server mode on 127.0.0.1 with one bucket (no CORS or lifecycle configuration)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
-    server.start()
-    try:
-        settings = Settings(s3_endpoint_url=f"http://{HOST}:{port}", s3_bucket=MOTO_BUCKET, s3_key_prefix=PREFIX,
+    with running_moto() as endpoint:
+        settings = Settings(s3_endpoint_url=endpoint, s3_bucket=MOTO_BUCKET, s3_key_prefix=PREFIX,
                             s3_access_key_id="testing", s3_secret_access_key="testing")
         botocore.session.get_session().create_client(
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
             aws_access_key_id="testing", aws_secret_access_key="testing",
             config=Config(s3={"addressing_style": "path"})).create_bucket(Bucket=MOTO_BUCKET)
         yield settings
-    finally:
-        server.stop()
 
 
 async def test_moto(moto_settings: Settings) -> None:

@@ -26,17 +26,16 @@ import pytest
 import pytest_asyncio
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from gateway.config import Settings
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
 from gateway.core.ports import CompleteRefused, PartsPage
-from gateway.embedded import HOST, free_port
 from gateway.s3.adapters import make_signer
 from gateway.s3.client import s3_client
 from gateway.s3.objects import S3ObjectStore
 from gateway.s3.signed_requests import S3SignedRequests
+from tests.support.moto import running_moto
 
 # One event loop per module, so one aiobotocore client per server (creating one costs ~0.4 s).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -70,17 +69,11 @@ def _raw_client(settings: Settings) -> Any:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's S3 in server mode on 127.0.0.1 (its in-process mock does not work with aiobotocore)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
-    server.start()
-    endpoint = f"http://{HOST}:{port}"
-    try:
+    with running_moto() as endpoint:
         settings = Settings(s3_endpoint_url=endpoint, s3_bucket=MOTO_BUCKET, s3_access_key_id="testing",
                             s3_secret_access_key="testing")
         _raw_client(settings).create_bucket(Bucket=MOTO_BUCKET)
         yield endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session", params=SERVERS)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.core.model import State
 from gateway.embedded import StackInfo
 from tests.support import MiB
-from tests.support.processes import GatewayProcess
+from tests.support.processes import GatewayProcess, patch_then_sigterm, slow_body
 from tests.support.tokens import TUS, bearer
 
 PART = 5 * MiB
@@ -140,31 +140,12 @@ async def test_a_killed_worker_is_replaced(workers: tuple[GatewayProcess, Path])
 async def test_sigterm_drains_every_worker_and_exits_0(stack: StackInfo, tmp_path: Path) -> None:
     gw = start_workers(stack, tmp_path)
     try:
-        data = os.urandom(PART)
         release = asyncio.Event()
-
-        async def slow_body() -> AsyncIterator[bytes]:
-            yield data[:MiB]
-            await release.wait()
-            yield data[MiB:]
-
         headers = {**bearer("drain-tester", ttl=3600), **TUS}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gw.url}/files", headers={**headers, "Upload-Length": str(PART)}) as r:
-                assert r.status == 201
-                location = r.headers["Location"]
-
-            async def patch() -> int:
-                async with http.patch(location, data=slow_body(), headers={
-                        **headers, "Upload-Offset": "0", "Content-Length": str(PART),
-                        "Content-Type": "application/offset+octet-stream"}) as r:
-                    return r.status
-
-            inflight = asyncio.create_task(patch())
-            await asyncio.sleep(0.5)
+            inflight = await patch_then_sigterm(gw, http, headers, slow_body(os.urandom(PART), release), PART,
+                                                settle=1)
             assert gw.process is not None
-            gw.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(1)
             async with aiohttp.ClientSession() as fresh:
                 # The worker streaming the PATCH is draining: its ops port says so.
                 async with fresh.get(f"{gw.metrics_url}/readyz") as r:

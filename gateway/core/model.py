@@ -129,8 +129,10 @@ class NewUpload:
     concat_partials: tuple[str, ...] = ()
     # The most bytes this upload may hold, fixed at creation (None: only the part plan bounds it).
     size_limit: int | None = None
-    # The owner's byte quota at creation; a length declared later must fit it (None: no quota).
+    # The owner's quota at creation, in bytes and active uploads; a length declared later must fit it
+    # (None: no quota).
     quota_bytes: int | None = None
+    quota_uploads: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

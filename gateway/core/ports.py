@@ -29,8 +29,9 @@ class ConfirmResult:
 
 
 class UploadRepository(Protocol):
-    async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
-        """The new upload, or None when the owner's quota is used up."""
+    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload | None:
+        """The new upload, or None when the owner's quota (the upload's quota_uploads and quota_bytes,
+        counted over the owner's active uploads, atomically) is used up."""
         ...
 
     async def get(self, upload_id: str) -> Upload | None: ...

@@ -138,8 +138,9 @@ class UploadService:
         new = NewUpload(id=upload_id, owner=owner, length=length, part_size=part_size, part_checksum=part_checksum,
                         metadata=kept, bucket=limits.s3_bucket, key=key, multipart_id=multipart_id, state=state,
                         concat="partial" if partial else None, size_limit=largest,
-                        quota_bytes=quota.max_bytes if quota else None)
-        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age, quota)
+                        quota_bytes=quota.max_bytes if quota else None,
+                        quota_uploads=quota.max_uploads if quota else None)
+        upload = await self.repo.insert(new, limits.upload_ttl, limits.upload_max_age)
         if upload is None:
             await (self.store.abort(key, multipart_id) if multipart_id else self.store.delete_object(key))
             assert quota is not None

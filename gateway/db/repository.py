@@ -9,7 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from gateway.core.model import ConfirmedPart, NewUpload, Owner, PartChecksum, StashSegment, State, Upload
-from gateway.core.ports import ConfirmResult, Event, Quota
+from gateway.core.ports import ConfirmResult, Event
 from gateway.db.errors import translate_db_errors
 from gateway.metrics import BYTES_CONFIRMED
 
@@ -69,9 +69,10 @@ _NEW_COLUMNS: tuple[tuple[str, str, Callable[[NewUpload], object]], ...] = (
     ("concat_partials", "text[]", lambda n: list(n.concat_partials)),
     ("size_limit", "bigint", lambda n: n.size_limit),
     ("quota_bytes", "bigint", lambda n: n.quota_bytes),
+    ("quota_uploads", "integer", lambda n: n.quota_uploads),
 )
-# Then: ttl, max_age, quota's max uploads and max bytes.
-_TTL, _MAX_AGE, _QUOTA_UPLOADS, _QUOTA_BYTES = (f"${len(_NEW_COLUMNS) + i}" for i in range(1, 5))
+# Then: ttl, max_age.
+_TTL, _MAX_AGE = (f"${len(_NEW_COLUMNS) + i}" for i in range(1, 3))
 _PARAM = {name: f"${i}::{kind}" for i, (name, kind, _) in enumerate(_NEW_COLUMNS, 1)}
 
 _INSERT = f"""
@@ -81,11 +82,6 @@ with u as (
            now() + make_interval(secs => least({_TTL}::float8, {_MAX_AGE}::float8)),
            now() + make_interval(secs => {_MAX_AGE}::float8),
            case when {_PARAM["state"]} = 'active' then null else now() end
-    where {_QUOTA_UPLOADS}::bigint is null or (
-        select count(*) < {_QUOTA_UPLOADS}::bigint
-               and coalesce(sum(length), 0) + coalesce({_PARAM["length"]}, 0) <= {_QUOTA_BYTES}::bigint
-        from uploads where owner_iss = {_PARAM["owner_iss"]} and owner_sub = {_PARAM["owner_sub"]}
-                           and state = 'active')
     returning *
 ), created as ({_emit("created")}), completed as ({_emit("completed", "u.state = 'completed'")})
 select {_SELECT} from u
@@ -112,29 +108,23 @@ with u as (
 select {_SELECT} from u
 """
 
-# The bytes declared in an owner's active uploads (the quota's measure), but for upload $3.
-_OWNER_ACTIVE_BYTES = """
-    (select coalesce(sum(o.length), 0) from uploads o
-     where o.owner_iss = {iss} and o.owner_sub = {sub} and o.state = 'active' and o.id <> {id})
-"""
-# Serialises one owner's quota decisions (creations and length declarations), so two cannot both take
-# the last bytes. Its own statement: the next one's snapshot must include whatever the lock waited for.
-_OWNER_LOCK = "select pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 0))"
-_LOCK_OWNER_OF = """
-    select pg_advisory_xact_lock(hashtextextended(length(owner_iss) || ':' || owner_iss || owner_sub, 0))
-    from uploads where id = $1
-"""
-_DECLARE_LENGTH = _returning(f"""
+# The owner's quota is kept by the `owner_usage` trigger (migrations/0007_owner_usage.sql): it counts
+# every insert and every change of state or length, and fails the statement with this SQLSTATE when an
+# upload's quota_uploads or quota_bytes would be exceeded, so nothing is written.
+_QUOTA_EXCEEDED = "GWQ01"
+_DECLARE_LENGTH = _returning("""
     update uploads set length = $2,
                        state = case when prefix_parts * part_size >= $2 then 'completing' else state end,
                        completing_since = case when prefix_parts * part_size >= $2 then now() end,
                        expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
                        updated_at = now()
     where id = $1 and state = 'active' and length is null
-      and (quota_bytes is null or {_OWNER_ACTIVE_BYTES.format(iss="uploads.owner_iss", sub="uploads.owner_sub",
-                                                               id="uploads.id")} + $2 <= quota_bytes)
 """)
-_ACTIVE_BYTES = f"select {_OWNER_ACTIVE_BYTES.format(iss='$1', sub='$2', id='$3')}"
+# The bytes declared in an owner's active uploads (the quota's measure), but for upload $3.
+_ACTIVE_BYTES = """
+    select coalesce((select active_bytes from owner_usage where owner_iss = $1 and owner_sub = $2), 0)
+         - coalesce((select length from uploads where id = $3 and state = 'active'), 0)
+"""
 
 _CONFIRM = f"""
     select {_select("c.confirmed_beyond", "c.stash")}, c.started_completing
@@ -289,6 +279,7 @@ def _to_upload(row: asyncpg.Record) -> Upload:
         concat_partials=tuple(row["concat_partials"]),
         size_limit=row["size_limit"],
         quota_bytes=row["quota_bytes"],
+        quota_uploads=row["quota_uploads"],
     )
 
 
@@ -301,15 +292,14 @@ class PgUploadRepository:
             row = await self.pool.fetchrow(query, *args)
         return _to_upload(row) if row else None
 
-    async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
-        """The new upload, or None when the owner's quota of active uploads or bytes is used up."""
-        args = (*(value(new) for _, _, value in _NEW_COLUMNS), ttl, max_age,
-                quota.max_uploads if quota else None, quota.max_bytes if quota else None)
-        async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
-            if quota:
-                await conn.execute(_OWNER_LOCK, new.owner.issuer, new.owner.subject)
-            row = await conn.fetchrow(_INSERT, *args)
-        return _to_upload(row) if row else None
+    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload | None:
+        """The new upload, or None when its quota of the owner's active uploads or bytes is used up."""
+        try:
+            return await self._fetch_upload(_INSERT, *(value(new) for _, _, value in _NEW_COLUMNS), ttl, max_age)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _QUOTA_EXCEEDED:
+                return None
+            raise
 
     async def get(self, upload_id: str) -> Upload | None:
         return await self._fetch_upload(_GET, upload_id)
@@ -323,16 +313,14 @@ class PgUploadRepository:
                                         [n for n, _ in checksums], [c for _, c in checksums])
 
     async def declare_length(self, upload_id: str, length: int, ttl: int) -> tuple[Upload | None, bool]:
-        async with translate_db_errors(), self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_LOCK_OWNER_OF, upload_id)
-            row = await conn.fetchrow(_DECLARE_LENGTH, upload_id, length, ttl)
-            if row is not None:
-                return _to_upload(row), False
-            current = await conn.fetchrow(_GET, upload_id)
-        # Refused although still open to a declaration: the owner's byte quota.
-        refused_by_quota = (current is not None and current["state"] == "active" and current["length"] is None
-                            and not current["is_expired"])
-        return None, refused_by_quota
+        try:
+            return await self._fetch_upload(_DECLARE_LENGTH, upload_id, length, ttl), False
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != _QUOTA_EXCEEDED:
+                raise
+        # Refused by the owner's byte quota; an upload that has expired meanwhile is simply gone.
+        current = await self.get(upload_id)
+        return None, current is not None and current.state is State.ACTIVE and not current.is_expired
 
     async def active_bytes(self, owner: Owner, excluding: str) -> int:
         async with translate_db_errors():

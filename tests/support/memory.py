@@ -51,7 +51,6 @@ from gateway.core.ports import (
     MultipartListing,
     ObjectHead,
     PartsPage,
-    Quota,
     SignedPart,
 )
 from gateway.core.proxy import ProxyUploads
@@ -150,6 +149,7 @@ class MemoryRepository:
             part_checksum=new.part_checksum, metadata=dict(new.metadata), bucket=new.bucket, key=new.key,
             multipart_id=new.multipart_id, state=row.state, concat=new.concat,
             concat_partials=new.concat_partials, size_limit=new.size_limit, quota_bytes=new.quota_bytes,
+            quota_uploads=new.quota_uploads,
             prefix_parts=row.prefix_parts, expires_at=row.expires_at,
             is_expired=active and row.expires_at <= now,
             signed_max_part=row.signed_max_part, needs_reconcile=needs_reconcile,
@@ -165,16 +165,17 @@ class MemoryRepository:
 
     # UploadRepository
 
-    async def insert(self, new: NewUpload, ttl: int, max_age: int, quota: Quota | None = None) -> Upload | None:
+    async def insert(self, new: NewUpload, ttl: int, max_age: int) -> Upload | None:
         await self._yield()
         now = self._now()
         if new.id in self.rows:
             raise AssertionError(f"duplicate upload id {new.id}")  # a primary key violation
-        if quota is not None:
+        if new.state is State.ACTIVE:  # migrations/0007_owner_usage.sql: only active uploads count
             active = [r for r in self.rows.values()
                       if r.new.owner == new.owner and r.state is State.ACTIVE]
             declared = sum(r.length or 0 for r in active) + (new.length or 0)
-            if not (len(active) < quota.max_uploads and declared <= quota.max_bytes):
+            if ((new.quota_uploads is not None and len(active) >= new.quota_uploads)
+                    or (new.quota_bytes is not None and declared > new.quota_bytes)):
                 return None
         row = Row(new=new, state=new.state, length=new.length,
                   expires_at=now + timedelta(seconds=min(ttl, max_age)),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+import aiohttp
+
 from gateway.embedded import StackInfo, free_port
+from tests.support import MiB
 from tests.support.tokens import AUDIENCE, ISSUER, SECRET
 
 
@@ -72,3 +77,33 @@ class GatewayProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+async def slow_body(data: bytes, release: asyncio.Event) -> AsyncIterator[bytes]:
+    """A request body that sends its first MiB, then holds the rest back until `release` is set."""
+    yield data[:MiB]
+    await release.wait()
+    yield data[MiB:]
+
+
+async def patch_then_sigterm(gw: GatewayProcess, http: aiohttp.ClientSession, headers: Mapping[str, str],
+                             body: AsyncIterator[bytes], length: int, *, settle: float) -> asyncio.Task[int]:
+    """Creates an upload of `length` bytes, starts a PATCH of `body` (slow: see `slow_body`) as a task,
+    sends the gateway SIGTERM while it is in flight and waits `settle` seconds more. Returns the task
+    (its result the PATCH's status), still running on `http` as long as `body` holds back."""
+    async with http.post(f"{gw.url}/files", headers={**headers, "Upload-Length": str(length)}) as r:
+        assert r.status == 201
+        location = r.headers["Location"]
+
+    async def patch() -> int:
+        async with http.patch(location, data=body, headers={
+                **headers, "Upload-Offset": "0", "Content-Length": str(length),
+                "Content-Type": "application/offset+octet-stream"}) as r:
+            return r.status
+
+    inflight = asyncio.create_task(patch())
+    await asyncio.sleep(0.5)
+    assert gw.process is not None
+    gw.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(settle)
+    return inflight

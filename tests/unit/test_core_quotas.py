@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.core.errors import ErrorCode
-from gateway.core.model import MiB
+from gateway.core.model import MiB, State
 from gateway.core.ports import Quota
 from tests.support.memory import ALICE, BOB, build_world, error_of, payload
 
@@ -35,11 +35,13 @@ async def test_completed_uploads_do_not_count() -> None:
     assert await world.create(MiB)
 
 
-async def test_refused_empty_upload_leaves_no_object() -> None:
+async def test_an_empty_upload_is_finished_at_once_and_takes_no_slot() -> None:
+    """Only active uploads count (as a completed one does not): an empty file at the quota is created."""
     world = build_world(quota=Quota(max_uploads=1, max_bytes=100 * MiB))
     await world.create(MiB)
-    assert (await error_of(world.create(0))).code is ErrorCode.QUOTA_EXCEEDED
-    assert world.store.objects == {}
+    empty = await world.create(0)
+    assert empty.state is State.COMPLETED and len(world.store.objects) == 1
+    assert (await error_of(world.create(MiB))).code is ErrorCode.QUOTA_EXCEEDED
 
 
 async def test_a_later_length_declaration_obeys_the_bytes_quota() -> None:
