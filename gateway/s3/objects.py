@@ -1,6 +1,6 @@
 """The core's ObjectStore port: multipart lifecycle, listings, copies and deletes (bytes never pass here).
 
-Most calls go through the aiobotocore client; the two hottest (CreateMultipartUpload, DeleteObjects)
+Most calls go through the aiobotocore client; the hottest (CreateMultipartUpload, ListParts, DeleteObjects)
 through our own signer in gateway.s3.signed_requests.
 """
 
@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.model import ConfirmedPart, PartChecksum
-from gateway.core.ports import CompleteRefused, ListedPart, MultipartListing, ObjectHead, PartsPage
+from gateway.core.ports import CompleteRefused, MultipartListing, ObjectHead, PartsPage
 from gateway.s3.client import error_code, translate
 from gateway.s3.signed_requests import S3SignedRequests
 
@@ -38,17 +38,7 @@ class S3ObjectStore:
         await self.signed.put_empty(key, content_type=content_type, metadata=metadata, filename=filename)
 
     async def list_parts(self, key: str, multipart_id: str, marker: int, max_parts: int) -> PartsPage:
-        async with translate("ListParts", not_found=("NoSuchUpload", "NoSuchKey")):
-            response = await self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=multipart_id,
-                                                    PartNumberMarker=marker, MaxParts=max_parts)
-        parts = [
-            ListedPart(
-                number=int(p["PartNumber"]), size=int(p["Size"]), etag=str(p["ETag"]),
-                checksum=p.get("ChecksumCRC32C") or p.get("ChecksumSHA256"), last_modified=p.get("LastModified"),
-            )
-            for p in response.get("Parts", [])
-        ]
-        return PartsPage(parts, int(response.get("NextPartNumberMarker") or 0), bool(response.get("IsTruncated")))
+        return await self.signed.list_parts(key, multipart_id, marker, max_parts)
 
     async def complete(self, key: str, multipart_id: str, parts: Sequence[ConfirmedPart],
                        checksum: PartChecksum | None) -> None:

@@ -1,9 +1,11 @@
 """S3 requests signed by our own SigV4 signer and sent over aiohttp: the core's ByteStore port (the
-proxy path's streamed bodies) and the hot control calls (CreateMultipartUpload, DeleteObjects).
+proxy path's streamed bodies) and the hot control calls (CreateMultipartUpload, ListParts, DeleteObjects).
 
 aiobotocore cannot stream a request body into UploadPart (botocore wants a seekable body, hashes it
 and adds a CRC32), so PUTs go out with `UNSIGNED-PAYLOAD`, an explicit Content-Length and no
-retries: a retry is the client resuming. CreateMultipartUpload skips botocore's per-call overhead.
+retries: a retry is the client resuming. CreateMultipartUpload and ListParts (every confirm) skip
+botocore's per-call overhead: about 1 ms of CPU per call there, against ~0.1 ms for our signer, one
+aiohttp request and ElementTree's C parser.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, unescape
 
 import aiohttp
 from yarl import URL
 
 from gateway.core.errors import ErrorCode, UploadError
+from gateway.core.ports import ListedPart, PartsPage
 from gateway.metrics import timed_s3_call
 from gateway.s3.presign import content_disposition
 from gateway.s3.sigv4 import SigV4Signer
@@ -30,6 +35,34 @@ READ_CHUNK = 256 * 1024
 # Answers of a server without multi-object delete.
 _NOT_IMPLEMENTED = (405, 501)
 _UPLOAD_ID = re.compile(r"<UploadId>([^<]+)</UploadId>")
+_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+# A listing of a multipart upload that is gone (completed, aborted) or never existed.
+_UPLOAD_GONE = (b"NoSuchUpload", b"NoSuchKey")
+
+
+def _local(tag: str) -> str:
+    """An element's name without its namespace (AWS answers in S3's, some stores in none)."""
+    return tag.rpartition("}")[2]
+
+
+def parse_list_parts(body: bytes) -> PartsPage:
+    """A ListPartsResult document as the core's PartsPage."""
+    parts: list[ListedPart] = []
+    next_marker, truncated = 0, False
+    for element in ElementTree.fromstring(body):
+        name = _local(element.tag)
+        if name == "Part":
+            fields = {_local(child.tag): child.text or "" for child in element}
+            modified = fields.get("LastModified")
+            parts.append(ListedPart(
+                number=int(fields["PartNumber"]), size=int(fields["Size"]), etag=fields.get("ETag", ""),
+                checksum=fields.get("ChecksumCRC32C") or fields.get("ChecksumSHA256") or None,
+                last_modified=datetime.fromisoformat(modified) if modified else None))
+        elif name == "NextPartNumberMarker":
+            next_marker = int(element.text or 0)
+        elif name == "IsTruncated":
+            truncated = (element.text or "").strip().lower() == "true"
+    return PartsPage(parts, next_marker, truncated)
 
 
 def _storage_error(operation: str, detail: str) -> UploadError:
@@ -120,6 +153,23 @@ class S3SignedRequests:
         if response.status != 200 or match is None:
             raise _storage_error("CreateMultipartUpload", f"{response.status} {text[:300]}")
         return unescape(match.group(1))
+
+    async def list_parts(self, key: str, multipart_id: str, marker: int, max_parts: int) -> PartsPage:
+        """One ListParts page; NOT_FOUND when the multipart upload is gone."""
+        query = {"uploadId": multipart_id, "part-number-marker": str(marker), "max-parts": str(max_parts)}
+        with timed_s3_call("ListParts"):
+            response = await self._request("GET", key, query=query, operation="ListParts")
+            async with response:
+                body = await response.read()
+        if response.status == 200:
+            try:
+                return parse_list_parts(body)
+            except (ElementTree.ParseError, KeyError, ValueError) as exc:
+                raise _storage_error("ListParts", f"unreadable answer: {exc!r} {body[:300]!r}") from exc
+        code = _ERROR_CODE.search(body)
+        if code is not None and code.group(1) in _UPLOAD_GONE:
+            raise UploadError(ErrorCode.NOT_FOUND, f"S3 ListParts: {code.group(1).decode()}")
+        raise _storage_error("ListParts", f"{response.status} {body[:300]!r}")
 
     async def delete_objects(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):
