@@ -57,7 +57,7 @@ def requests_for(route: str, url: str, tokens: list[str]) -> tuple[list[dict[str
         paths = asyncio.run(_uploads(url, tokens, 512, MiB))
         return [{"method": "HEAD", "path": p, "headers": {**TUS, **auth(i)}} for i, p in enumerate(paths)], (200,)
     if route == "sign":
-        paths = asyncio.run(_uploads(url, tokens, 64, 1000 * 5 * MiB))
+        paths = asyncio.run(_uploads(url, tokens, 64, 200 * 64 * MiB))  # parts of 64 MiB
         body = json.dumps({"parts": list(range(1, 101))})
         return [{"method": "POST", "path": f"{p}/parts", "body": body,
                  "headers": {**auth(i), "Content-Type": "application/json"}} for i, p in enumerate(paths)], (200,)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from yarl import URL
 
 from gateway.embedded import StackInfo
@@ -69,6 +70,13 @@ def assert_bytes_went_to_s3(setup: Setup, size: int, result: dict[str, Any]) -> 
     assert setup.s3_proxy.put_bytes >= size, (setup.s3_proxy.put_bytes, size)
 
 
+def _confirm_requests() -> float:
+    """Confirm requests the (in-process) gateway answered so far, batched or one part each."""
+    return sum(REGISTRY.get_sample_value("gateway_requests_total", {"route": route, "method": "PUT",
+                                                                    "status": "204"}) or 0.0
+               for route in ("parts.collection", "parts.one"))
+
+
 # -- tests ------------------------------------------------------------------------------------------
 
 
@@ -80,10 +88,14 @@ async def test_tus_js_client_uploads_straight_to_s3(stack: StackInfo, db: Any, s
     path = tmp_path / "big.bin"
     digest = write_file(path, SIZE)
     async with proxied_gateway(stack) as setup:
+        confirms_before = _confirm_requests()
         result = await run_browser_script("adapter_node.mjs", {
             "endpoint": setup.endpoint, "token": token("adapter-user"), "file": str(path),
             "chunkSize": chunk_size, "parallel": 4, "input": source})
         assert await stored_sha256(db, s3, result["url"]) == digest
+        if chunk_size is None:
+            # One PATCH, five parts: their confirms share requests (`PUT {upload}/parts`), never one per part.
+            assert 1 <= _confirm_requests() - confirms_before <= 3, _confirm_requests() - confirms_before
         assert_bytes_went_to_s3(setup, SIZE, result)
         assert result["events"]["part"] == 5, result
         assert result["events"]["forward"] == 0 and result["events"]["error"] == 0, result

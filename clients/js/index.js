@@ -8,7 +8,7 @@
  * Creation (POST), HEAD and DELETE go to the gateway unchanged through the fallback stack
  * (`tus.DefaultHttpStack`); the stack only reads their answers to learn each upload's part size and
  * length. A PATCH becomes: sign its parts (`POST {upload}/parts`), PUT each part to its presigned URL,
- * confirm it (`PUT {upload}/parts/{n}`), and answer tus-js-client with a synthetic 204 whose
+ * confirm them in batches (`PUT {upload}/parts`, beside the next PUTs), and answer tus-js-client with a synthetic 204 whose
  * `Upload-Offset` is the offset the gateway confirmed plus the bytes this stack holds for a part that is
  * not whole yet (only when tus-js-client's chunkSize is not a multiple of the part size). The gateway
  * never sees a byte of the file.
@@ -20,6 +20,9 @@
 const DEFAULT_PARALLEL = 4
 const URL_MARGIN_MS = 30_000 // re-sign a URL that expires sooner than this
 const MAX_THROTTLE_RETRIES = 3
+// Parts whose PUTs finish within this share one confirm (`PUT {upload}/parts`): the gateway's cost is
+// per request, and S3 holds the parts meanwhile (a HEAD after a drop finds them).
+const CONFIRM_LINGER_MS = 1000
 const OCTET_STREAM = 'application/offset+octet-stream'
 
 /** A tus-js-client v4 HttpStack for the gateway's direct (presigned-parts) path. */
@@ -318,6 +321,41 @@ class DirectRequest {
   }
 }
 
+/**
+ * A run's confirms in batches: each part waits at most CONFIRM_LINGER_MS (or until `flush`) for others
+ * to share its request, and one confirm is on its way at a time, in order, so every answer's offset
+ * covers the batches before it.
+ */
+class Confirmer {
+  constructor(send) {
+    this.send = send // (numbers) => Promise<offset>
+    this.waiting = []
+    this.timer = null
+    this.last = Promise.resolve()
+  }
+
+  add(number) {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ number, resolve, reject })
+      if (this.timer === null) this.timer = setTimeout(() => this.flush(), CONFIRM_LINGER_MS)
+    })
+  }
+
+  flush() {
+    if (this.timer !== null) {
+      clearTimeout(this.timer)
+      this.timer = null
+    }
+    if (this.waiting.length === 0) return
+    const batch = this.waiting.splice(0)
+    const numbers = batch.map((item) => item.number).sort((a, b) => a - b)
+    this.last = this.last.then(() => this.send(numbers)).then(
+      (offset) => { for (const item of batch) item.resolve(offset) },
+      (err) => { for (const item of batch) item.reject(err) },
+    )
+  }
+}
+
 /** One PATCH: from its offset and body to the offset to report. */
 class PatchRun {
   constructor(req, state, offset, body, declaredLength) {
@@ -334,6 +372,7 @@ class PatchRun {
     else outer.addEventListener('abort', () => this.controller.abort(), { once: true })
     this.sent = new Map() // part number -> bytes sent
     this.confirmedOffsets = []
+    this.confirmer = new Confirmer((numbers) => this.confirmBatch(numbers))
     this.upcoming = [] // part numbers of this run, for sign batches
   }
 
@@ -435,6 +474,7 @@ class PatchRun {
 
   async uploadAll(plan, reader) {
     const inflight = new Set()
+    const confirms = []
     let failure = null
     const fail = (err) => {
       if (failure === null) {
@@ -462,11 +502,23 @@ class PatchRun {
         fail(err)
         break
       }
-      const task = this.uploadPart(part, data).catch(fail).finally(() => inflight.delete(task))
+        // A slot frees as soon as its PUT is done; the confirm goes on beside the next PUTs.
+      const task = this.uploadPart(part, data)
+        .then(() => { confirms.push(this.confirmPart(part).catch(fail)) })
+        .catch(fail).finally(() => inflight.delete(task))
       inflight.add(task)
     }
     await Promise.all(inflight)
+    this.confirmer.flush()
+    await Promise.all(confirms)
     if (failure !== null) throw failure
+  }
+
+  /** Once the gateway has confirmed the part (with others of the same batch): its offset counts. */
+  async confirmPart(part) {
+    const offset = await this.confirmer.add(part.number)
+    this.confirmedOffsets.push(offset)
+    this.stack._emit('part', { url: this.state.url, part: part.number, bytes: part.length, offset })
   }
 
   async uploadPart(part, data) {
@@ -494,13 +546,16 @@ class PatchRun {
       this.state.urls.delete(part.number)
     }
     this.check()
-    const confirmed = await this.req._gateway('PUT', `${this.state.url}/parts/${part.number}`)
-    const offset = toInt(confirmed.getHeader('Upload-Offset'))
-    if (offset === null) throw new AdapterError('the gateway confirmed a part without an Upload-Offset')
-    this.confirmedOffsets.push(offset)
     this.sent.set(part.number, part.length)
     this.progress()
-    this.stack._emit('part', { url: this.state.url, part: part.number, bytes: part.length, offset })
+  }
+
+  /** `PUT {upload}/parts` for parts S3 holds: the gateway checks them with S3 and answers the offset. */
+  async confirmBatch(numbers) {
+    const confirmed = await this.req._gateway('PUT', `${this.state.url}/parts`, {}, { parts: numbers })
+    const offset = toInt(confirmed.getHeader('Upload-Offset'))
+    if (offset === null) throw new AdapterError('the gateway confirmed parts without an Upload-Offset')
+    return offset
   }
 
   progress() {

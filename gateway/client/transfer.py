@@ -1,6 +1,7 @@
 """One pass over an upload's missing parts: sign in batches, PUT each byte range straight to S3, confirm.
 
-`parallel` PUTs stay in flight while signing and confirming run beside them, so S3 sets the pace.
+`parallel` PUTs stay in flight while signing and confirming run beside them, so S3 sets the pace; one
+confirm covers every part finished within CONFIRM_LINGER.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ ProgressCallback = Callable[[int, int], None]
 READ_CHUNK = 1024 * 1024
 PROGRESS_INTERVAL = 0.25
 MAX_SIGN_BATCH = 1000
+# Parts whose PUTs finish within this share one confirm: the gateway's cost is per request, and S3 holds
+# the parts meanwhile (a resumed run's listing finds them).
+CONFIRM_LINGER = 1.0
 # No total: a large part on a slow link takes as long as it takes; a silent peer does not.
 S3_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
@@ -228,11 +232,17 @@ class PartTransfer:
             yield chunk
 
     async def _confirm_loop(self) -> None:
-        """Confirm parts as PUTs finish, batching those that finished during the previous confirm."""
+        """Confirm parts in batches beside the PUTs: each part waits at most CONFIRM_LINGER for others to
+        share its request (the end of the pass sends what waits at once)."""
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._confirms.get()]
-            while not self._confirms.empty():
-                batch.append(self._confirms.get_nowait())
+            deadline = loop.time() + CONFIRM_LINGER
+            while None not in batch:
+                try:
+                    batch.append(await asyncio.wait_for(self._confirms.get(), max(0.0, deadline - loop.time())))
+                except TimeoutError:
+                    break
             numbers = sorted(n for n in batch if n is not None)
             if numbers:
                 await self._confirm(numbers)
