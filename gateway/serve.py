@@ -11,6 +11,7 @@ stays open until the drain is over. `gateway serve --workers N` runs this in eac
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -55,6 +56,7 @@ async def serve(app: web.Application, settings: Settings, *, on_ready: Callable[
             watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
         if on_ready is not None:
             on_ready()
+        _settle_garbage_collector()
         WORKER_STARTED.set(time.time())
         await stop.wait()
         app[DRAINING].set()
@@ -70,6 +72,20 @@ async def serve(app: web.Application, settings: Settings, *, on_ready: Callable[
             watcher.cancel()
         await ops_runner.cleanup()
         await runner.cleanup()
+
+
+# A request allocates thousands of short-lived objects (a sign batch of 100 URLs, ~20,000), so with
+# CPython's default gen-0 threshold (700) collections ran many times per request and scanned the whole
+# young heap each time: about a fifth of a sign request's CPU. Cycles are rare in request handling.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def _settle_garbage_collector() -> None:
+    """Once started: what start-up allocated (modules, pools, clients) is never scanned again, and the
+    young generation is collected every GC_THRESHOLDS[0] allocations instead of every 700."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _check_open_files(settings: Settings) -> None:

@@ -133,6 +133,22 @@ def test_presign_matches_botocore(clients, endpoint, token, op, params, signed) 
 
 
 @pytest.mark.usefixtures("frozen")
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])
+def test_a_batch_of_part_urls_matches_botocore_url_by_url(clients, token) -> None:
+    """presign_urls (one sign request's parts) reuses scope, path and encodings: each URL is still botocore's."""
+    signer = SigV4Signer(Credentials(AK, SK, token), REGION, HTTP_EP)
+    parts = [(n, 5242880 if n < 5 else 17, "yZRlqg==" if n % 2 else None) for n in range(1, 6)]
+    requests = [({"uploadId": UP["UploadId"], "partNumber": str(n)},  # botocore keeps its Params order
+                 {"Content-Length": str(size), **({"x-amz-checksum-crc32c": crc} if crc else {})})
+                for n, size, crc in parts]
+    got = signer.presign_urls("PUT", UP["Bucket"], UP["Key"], requests, expires_in=900, now=NOW)
+    expected = [clients[HTTP_EP, token].generate_presigned_url("upload_part", ExpiresIn=900, Params={
+        **UP, "PartNumber": n, "ContentLength": size, **({"ChecksumCRC32C": crc} if crc else {})})
+        for n, size, crc in parts]
+    assert got == expected
+
+
+@pytest.mark.usefixtures("frozen")
 @pytest.mark.parametrize("endpoint", [HTTP_EP, HTTPS_EP])
 @pytest.mark.parametrize("key", ESCAPING_KEYS)
 def test_presign_key_escaping_matches_botocore(clients, endpoint, key) -> None:

@@ -214,10 +214,17 @@ class SignedPart:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class PartToSign:
+    number: int
+    size: int | None  # None leaves Content-Length unsigned
+    checksum_header: tuple[str, str] | None = None  # (header, base64 digest) S3 must verify
+
+
 class PartSigner(Protocol):
-    def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
-                  checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
-        """A presigned UploadPart; size None leaves Content-Length unsigned."""
+    def sign_parts(self, key: str, multipart_id: str, parts: Sequence[PartToSign], *,
+                   expires_in: int) -> list[SignedPart]:
+        """Presigned UploadParts of one upload, in the order asked."""
         ...
 
     def sign_download(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str: ...

@@ -34,7 +34,7 @@ from gateway.core.model import (
     parts_needed,
     plan_part_size,
 )
-from gateway.core.ports import CreateHook, ObjectStore, PartSigner, UploadRepository
+from gateway.core.ports import CreateHook, ObjectStore, PartSigner, PartToSign, UploadRepository
 from gateway.core.rules import (
     RETRY_AFTER_COMPLETING,
     load_active,
@@ -235,13 +235,12 @@ class UploadService:
         expires_in = int((expires_at - now).total_seconds())
         if expires_in <= 0:
             raise UploadError(ErrorCode.STORAGE_UNAVAILABLE, "signing credentials are about to expire", retry_after=5)
-        signed = []
-        for request, checksum in zip(requests, checksums, strict=True):
-            offset, size = upload.part_range(request.number)
-            part = self.signer.sign_part(upload.key, upload.multipart_id or "", request.number,
-                                         size if pin_length else None,
-                                         checksum_header=checksum, expires_in=expires_in)
-            signed.append(SignedPartInfo(request.number, offset, size, part.url, part.headers))
+        ranges = [upload.part_range(n) for n in numbers]
+        urls = self.signer.sign_parts(upload.key, upload.multipart_id or "", [
+            PartToSign(n, size if pin_length else None, checksum)
+            for n, (_, size), checksum in zip(numbers, ranges, checksums, strict=True)], expires_in=expires_in)
+        signed = [SignedPartInfo(n, offset, size, part.url, part.headers)
+                  for n, (offset, size), part in zip(numbers, ranges, urls, strict=True)]
         if numbers:
             s3_checksums = [(r.number, c[1]) for r, c in zip(requests, checksums, strict=True)
                             if c is not None and upload.part_checksum and upload.part_checksum.is_s3_algorithm]

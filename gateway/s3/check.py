@@ -32,6 +32,7 @@ from yarl import URL
 
 from gateway.config import Settings
 from gateway.core.model import PartChecksum
+from gateway.core.ports import PartToSign
 from gateway.core.uploads import CHECKSUM_HEADERS
 from gateway.s3.adapters import make_signer, s3_adapters
 from gateway.s3.client import error_code, object_headers
@@ -204,8 +205,8 @@ class Check:
     async def put_part(self, key: str, upload_id: str, body: bytes, *, signed_size: int | None = None,
                        checksum: tuple[str, str] | None = None) -> Reply:
         """PUT a part to the URL the gateway would sign (Content-Length pinned to `signed_size`)."""
-        part = self.signer.sign_part(key, upload_id, 1, len(body) if signed_size is None else signed_size,
-                                     checksum_header=checksum, expires_in=URL_TTL)
+        [part] = self.signer.sign_parts(key, upload_id, [
+            PartToSign(1, len(body) if signed_size is None else signed_size, checksum)], expires_in=URL_TTL)
         return await self.send("PUT", part.url, part.headers, body, "UploadPart")
 
     async def upload_part(self, key: str, upload_id: str, body: bytes,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from urllib.parse import quote
 
-from gateway.core.ports import SignedPart
+from gateway.core.ports import PartToSign, SignedPart
 from gateway.s3.credentials import CredentialSource
 from gateway.s3.sigv4 import SigV4Signer
 
@@ -26,21 +27,23 @@ class S3PartSigner:
         self.bucket = bucket
         self.credentials = credentials
 
-    def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
-                  checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
+    def sign_parts(self, key: str, multipart_id: str, parts: Sequence[PartToSign], *,
+                   expires_in: int) -> list[SignedPart]:
         # Content-Length is signed so S3 refuses a wrong-sized part; browsers set it themselves,
         # so only the checksum header is one the client must add. (size None: a client protocol that
         # does not say which part is the last; sizes are then checked at confirm.)
-        signed = {"Content-Length": str(size)} if size is not None else {}
-        client_headers = {}
-        if checksum_header is not None:
-            name, value = checksum_header
-            signed[name] = value
-            client_headers[name] = value
-        url = self.parts.presign_url(
-            "PUT", self.bucket, key, query={"partNumber": str(number), "uploadId": multipart_id},
-            signed_headers=signed, expires_in=expires_in)
-        return SignedPart(url, client_headers)
+        requests = []
+        client_headers = []
+        for part in parts:
+            signed = {"Content-Length": str(part.size)} if part.size is not None else {}
+            extra = {}
+            if part.checksum_header is not None:
+                name, value = part.checksum_header
+                signed[name] = extra[name] = value
+            requests.append(({"partNumber": str(part.number), "uploadId": multipart_id}, signed))
+            client_headers.append(extra)
+        urls = self.parts.presign_urls("PUT", self.bucket, key, requests, expires_in=expires_in)
+        return [SignedPart(url, headers) for url, headers in zip(urls, client_headers, strict=True)]
 
     def sign_download(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str:
         return self.downloads.presign_url(

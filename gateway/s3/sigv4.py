@@ -20,7 +20,7 @@ import functools
 import hashlib
 import hmac
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -196,30 +196,60 @@ class SigV4Signer:
         Content-MD5) are bound into the signature; the client using the URL
         must send them with exactly these values. The payload is unsigned.
         """
+        return self.presign_urls(method, bucket, key, [(query or {}, signed_headers or {})],
+                                 expires_in=expires_in, now=now)[0]
+
+    def presign_urls(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        requests: Sequence[tuple[Mapping[str, str], Mapping[str, str]]],
+        *,
+        expires_in: int,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """``presign_url`` for many (query, signed_headers) pairs of one object at one instant (the
+        parts of a sign batch): scope, path, credential and auth parameters are worked out once, each
+        distinct query value and header set is encoded once, so a further URL costs its canonical
+        request, one SHA-256 and one HMAC."""
         if not 1 <= expires_in <= MAX_EXPIRES:
             raise ValueError(f"expires_in must be in 1..{MAX_EXPIRES}, got {expires_in}")
         amz_date, day = self._scope(now)
         target = self._target(bucket)
-        names, canonical_headers = self._canonical_headers(target, signed_headers or {})
         path = self._path(target, key)
         creds = day.credentials
         # botocore's order: operation params first, then auth params in this
         # fixed order, then X-Amz-Signature last.
-        params = _encode(query) if query else []
-        params += [
-            ("X-Amz-Algorithm", ALGORITHM),
-            ("X-Amz-Credential", day.credential_q),
-            ("X-Amz-Date", amz_date),
-            ("X-Amz-Expires", str(int(expires_in))),
-            ("X-Amz-SignedHeaders", _q(names)),
-        ]
-        if creds.session_token:
-            params.append(("X-Amz-Security-Token", _q(creds.session_token)))
-        signature = self._signature(
-            day, amz_date, method, path, params, canonical_headers, names, UNSIGNED_PAYLOAD
-        )
-        qs = "&".join(f"{k}={v}" for k, v in params)
-        return f"{target.base}{path}?{qs}&X-Amz-Signature={signature}"
+        auth = [("X-Amz-Algorithm", ALGORITHM), ("X-Amz-Credential", day.credential_q),
+                ("X-Amz-Date", amz_date), ("X-Amz-Expires", str(int(expires_in)))]
+        token = [("X-Amz-Security-Token", _q(creds.session_token))] if creds.session_token else []
+        base = f"{target.base}{path}?"
+        encoded: dict[str, str] = {}
+        header_sets: dict[tuple[tuple[str, str], ...], tuple[str, str]] = {}
+        urls = []
+        for query, signed_headers in requests:
+            params = []
+            for name, value in query.items():
+                value = str(value)
+                if name not in encoded:
+                    encoded[name] = _q(name)
+                if value not in encoded:
+                    encoded[value] = _q(value)
+                params.append((encoded[name], encoded[value]))
+            header_key = tuple(signed_headers.items())
+            if header_key not in header_sets:
+                header_sets[header_key] = self._canonical_headers(target, signed_headers)
+            names, canonical_headers = header_sets[header_key]
+            params += auth
+            params.append(("X-Amz-SignedHeaders", _q(names)))
+            params += token
+            signature = self._signature(
+                day, amz_date, method, path, params, canonical_headers, names, UNSIGNED_PAYLOAD
+            )
+            qs = "&".join(f"{k}={v}" for k, v in params)
+            urls.append(f"{base}{qs}&X-Amz-Signature={signature}")
+        return urls
 
     def sign_headers(
         self,
@@ -330,7 +360,7 @@ class SigV4Signer:
         creq = f"{method.upper()}\n{path}\n{cq}\n{canonical_headers}\n\n{names}\n{payload}"
         creq_hash = hashlib.sha256(creq.encode()).hexdigest()
         sts = f"{ALGORITHM}\n{amz_date}\n{day.scope}\n{creq_hash}"
-        return hmac.new(day.key, sts.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(day.key, sts.encode(), "sha256").hex()
 
 
 def _encode(query: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -51,6 +51,7 @@ from gateway.core.ports import (
     MultipartListing,
     ObjectHead,
     PartsPage,
+    PartToSign,
     SignedPart,
 )
 from gateway.core.proxy import ProxyUploads
@@ -686,8 +687,12 @@ class MemorySigner:
         self.credentials_expire = credentials_expire
         self.signed: list[PartTarget] = []
 
-    def sign_part(self, key: str, multipart_id: str, number: int, size: int | None, *,
-                  checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
+    def sign_parts(self, key: str, multipart_id: str, parts: Sequence[PartToSign], *,
+                   expires_in: int) -> list[SignedPart]:
+        return [self._sign(key, multipart_id, p.number, p.size, p.checksum_header, expires_in) for p in parts]
+
+    def _sign(self, key: str, multipart_id: str, number: int, size: int | None,
+              checksum_header: tuple[str, str] | None, expires_in: int) -> SignedPart:
         expires = (self.clock.now() + timedelta(seconds=expires_in)).timestamp()
         query = [("uploadId", multipart_id), ("partNumber", str(number))]
         if size is not None:
