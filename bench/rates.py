@@ -6,7 +6,9 @@ owners, each request with its owner's token), each HEADed once beforehand so cac
 keeps every upload's .info in memory after its first read); the floor reads the gateway's rows. POST creates uploads
 of 1 MiB: the gateway and @tus/server each start an S3 multipart upload (and @tus/server writes its
 .info object); the floor only INSERTs a row. Servers take turns within each round, so slow drifts of the
-machine hit them alike.
+machine hit them alike. `s3` is the creation's own S3 call on its own: CreateMultipartUpload requests
+signed once (header SigV4, valid 15 minutes) and replayed by the same load generator straight to
+SeaweedFS, so "gateway ÷ s3" says how close a creation comes to the S3 call it cannot avoid.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import aiohttp
 from yarl import URL
 
 from bench.common import Context, check_load, log, merge_loads, run_load
+from gateway.s3.sigv4 import Credentials, SigV4Signer
 
 OWNERS = 256
 CREATE_LENGTH = 1024 * 1024
 TARGETS = ("gateway", "tus", "floor")
-LABELS = {"gateway": "gateway", "tus": "@tus/server", "floor": "floor"}
+LABELS = {"gateway": "gateway", "tus": "@tus/server", "floor": "floor", "s3": "raw CreateMultipartUpload"}
+RAW_CREATES = 256  # distinct keys the replayed CreateMultipartUpload requests name
 
 
 async def _create_many(count: int, make) -> list[str]:  # type: ignore[no-untyped-def]
@@ -44,6 +48,23 @@ async def _head_all(targets: list[tuple[str, dict[str, str]]]) -> None:
             async with gate, http.head(url, headers=headers) as r:
                 assert r.status == 200, (url, r.status)
         await asyncio.gather(*(one(url, headers) for url, headers in targets))
+
+
+def _raw_creates(ctx: Context) -> tuple[str, list[dict[str, Any]]]:
+    """The S3 endpoint and signed CreateMultipartUpload requests for the load generator."""
+    stack = ctx.gw.stack
+    signer = SigV4Signer(Credentials(stack.s3_access_key_id, stack.s3_secret_access_key), stack.s3_region,
+                         stack.s3_endpoint_url)
+    requests = []
+    for i in range(RAW_CREATES):
+        key = f"bench-raw/{i:04d}"
+        query = {"uploads": ""}
+        headers = signer.sign_headers("POST", stack.s3_bucket, key, query=query,
+                                      headers={"Content-Type": "application/octet-stream"})
+        url = URL(signer.url(stack.s3_bucket, key, query), encoded=True)
+        del headers["host"]  # the load generator sends the same Host line itself
+        requests.append({"method": "POST", "path": url.raw_path_qs, "headers": headers})
+    return stack.s3_endpoint_url, requests
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -72,21 +93,25 @@ def run(ctx: Context) -> dict[str, Any]:
         ("POST", "floor"): [{"method": "POST", "path": "/files", "headers": {
             **tus_head, "Upload-Length": str(CREATE_LENGTH)}}],
     }
-    urls = {"gateway": ctx.gw.url, "tus": tus, "floor": ctx.peers["floor"].url}
-    pids = {"gateway": ctx.gw.process.pid, "tus": ctx.peers["tus"].pid, "floor": ctx.peers["floor"].pid}
-    ok = {"HEAD": (200,), "POST": (201,)}
+    s3_url, requests[("POST", "s3")] = _raw_creates(ctx)
+    urls = {"gateway": ctx.gw.url, "tus": tus, "floor": ctx.peers["floor"].url, "s3": s3_url}
+    pids = {"gateway": ctx.gw.process.pid, "tus": ctx.peers["tus"].pid, "floor": ctx.peers["floor"].pid,
+            "s3": ctx.seaweedfs_pids[0] if ctx.seaweedfs_pids else ctx.gw.process.pid}
+    ok = {("HEAD", t): (200,) for t in TARGETS} | {("POST", t): (201,) for t in TARGETS} | {("POST", "s3"): (200,)}
     result: dict[str, Any] = {}
     for method in ("HEAD", "POST"):
+        targets = (*TARGETS, "s3") if method == "POST" else TARGETS
         for connections in s.connections:
-            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
             for round_ in range(s.rounds):
                 log(f"request rate: {method} at {connections} connections, round {round_ + 1}/{s.rounds}")
-                for target in TARGETS:
+                for target in targets:
                     runs[target].append(run_load(urls[target], requests[(method, target)], connections, s,
-                                                 ok=ok[method], watch=ctx.watch(pids[target])))
-            for target in TARGETS:
+                                                 ok=ok[method, target], watch=ctx.watch(pids[target])))
+            for target in targets:
                 merged = merge_loads(runs[target])
-                check_load(ctx, f"{method} at {connections} connections on {LABELS[target]}", merged, ok[method])
+                check_load(ctx, f"{method} at {connections} connections on {LABELS[target]}", merged,
+                           ok[method, target])
                 result[f"{method} {connections} {target}"] = merged
                 cpu = merged["cpu_cores"]
                 log(f"  {LABELS[target]:>12}: {merged['rps']:8.0f} req/s  p50 {merged['p50_ms']:7.1f} ms  "

@@ -75,7 +75,8 @@ def _signing(sign: dict[str, Any]) -> list[str]:
         _row("Uppy Companion `GET /s3/multipart/:uploadId/batch`", how, _n(c["urls_per_s"]), _lat(c), per_url(c),
              _ratio(ours, c["urls_per_s"])),
         _row("botocore `generate_presigned_url`", loop, _n(b), "–", _n(1e6 / b, 1), _ratio(ours, b)),
-        _row("limit: the gateway's SigV4 signer alone", loop, _n(lim), "–", _n(1e6 / lim, 1), _ratio(ours, lim)),
+        _row("limit: the gateway's SigV4 signer alone", "in-process, batches of 100, 1 thread", _n(lim), "–",
+             _n(1e6 / lim, 1), _ratio(ours, lim)),
     ]
 
 
@@ -104,7 +105,103 @@ def _rates(rates: dict[str, Any]) -> list[str]:
             "|---|---:|---:|---:|---:|"]
     for method, conns in combos:
         out.append(_row(method, conns, *(cost(rates[f"{method} {conns} {x}"]) for x in ("gateway", "tus", "floor"))))
+    raw = [(conns, rates[f"POST {conns} gateway"], rates[f"POST {conns} s3"]) for method, conns in combos
+           if method == "POST" and f"POST {conns} s3" in rates]
+    if raw:
+        out += ["", "A creation against the S3 call it cannot avoid: CreateMultipartUpload requests signed once and "
+                "replayed by the same load generator straight to SeaweedFS:", "",
+                _row("connections", "**gateway** creates/s", "raw CreateMultipartUpload/s", "gateway ÷ raw"),
+                "|---:|---:|---:|---:|"]
+        out += [_row(conns, f"**{_n(g['rps'])}**", _n(r["rps"]), _ratio(g["rps"], r["rps"])) for conns, g, r in raw]
     return out
+
+
+# What each request costs the gateway, and what it asks of Postgres and S3 (from the code: docs/architecture.md).
+_REQUEST_IO = {
+    "HEAD": ("1", "0 (a ListParts only to reconcile parts signed but not confirmed, at most every 3 s)"),
+    "create": ("1", "1 (CreateMultipartUpload)"),
+    "sign": ("2 (read, record the batch)", "0"),
+    "part": ("≈ 2 per confirm (read, record) + 2 per sign batch", "1 ListParts per confirm"),
+    "patch": ("2–3 per part (read, record, stash)", "1 UploadPart per part"),
+}
+
+
+def _cost_table(results: dict[str, Any]) -> list[str]:
+    rates, sign, tp = results.get("rates") or {}, results.get("signing"), results.get("throughput")
+    rows = []
+
+    def per_request(run: dict[str, Any] | None, name: str) -> str:
+        ms = (run or {}).get("cpu_ms_per_request", {}).get(name)
+        return _n(ms * 1000) if ms is not None else "–"
+
+    for label, key, io in (("HEAD (offset), 64 connections", "HEAD 64 gateway", "HEAD"),
+                           ("POST (create), 64 connections", "POST 64 gateway", "create")):
+        if key in rates:
+            rows.append(_row(label, per_request(rates[key], "server"), per_request(rates[key], "postgres"),
+                             *_REQUEST_IO[io]))
+    if sign:
+        g = sign["gateway"]
+        cores, pg = g.get("cpu_cores", {}).get("server"), g.get("cpu_cores", {}).get("postgres")
+        per = 1e6 * sign["batch"] / g["urls_per_s"] if g["urls_per_s"] else None
+        rows.append(_row(f"POST /files/{{id}}/parts, {sign['batch']} URLs",
+                         _n(cores * per) if cores and per else "–", _n(pg * per) if pg and per else "–",
+                         *_REQUEST_IO["sign"]))
+    if tp:
+        part_mib = tp["part_size"] // MiB
+        for name, row in tp["rows"].items():
+            ms = row.get("cpu_ms_per_part")
+            if ms is None:
+                continue
+            if name.startswith("direct"):
+                rows.append(_row(f"one {part_mib} MiB part, direct path, {name.removeprefix('direct p')} in flight "
+                                 "(sign + PUT to S3 + confirm)", _n(ms * 1000), "–", *_REQUEST_IO["part"]))
+            elif name == "proxy":
+                rows.append(_row(f"one {part_mib} MiB part through a tus PATCH (proxy path)", _n(ms * 1000), "–",
+                                 *_REQUEST_IO["patch"]))
+    if not rows:
+        return []
+    return ["", "## Cost per request", "",
+            "Gateway CPU per request, measured in the sections above (PostgreSQL's where it was measured), "
+            "and the round trips each makes; the capacity figures in the README are computed from these.", "",
+            _row("request", "gateway CPU µs", "PostgreSQL CPU µs", "SQL statements", "S3 calls"),
+            "|---|---:|---:|---|---|", *rows]
+
+
+def _goals(results: dict[str, Any]) -> list[str]:
+    """The cost goals, each as this run measured it."""
+    rates, sign, tp = results.get("rates") or {}, results.get("signing"), results.get("throughput")
+    rows = []
+
+    def add(measure: str, value: float | None, goal: float, text: str) -> None:
+        if value is not None:
+            shown = f"{value:,.0f}" if goal >= 100 else f"{value:.2f}"
+            rows.append(_row(measure, shown, text, "yes" if value >= goal else "**no**"))
+
+    def ratio(a: str, b: str) -> float | None:
+        return rates[a]["rps"] / rates[b]["rps"] if a in rates and b in rates and rates[b]["rps"] else None
+
+    add("HEAD/s ÷ floor, 64 connections", ratio("HEAD 64 gateway", "HEAD 64 floor"), 0.85, "≥ 0.85")
+    add("creates/s ÷ @tus/server, 64 connections", ratio("POST 64 gateway", "POST 64 tus"), 1.6, "≥ 1.6")
+    add("creates/s ÷ raw CreateMultipartUpload/s, 64 connections", ratio("POST 64 gateway", "POST 64 s3"), 0.75,
+        "≥ 0.75")
+    if sign:
+        add(f"presigned URLs/s ({sign['batch']} per request)", sign["gateway"]["urls_per_s"], 50_000, "≥ 50,000")
+    if tp:
+        prows = tp["rows"]
+        for name, row in prows.items():
+            raw = prows.get(name.replace("direct", "raw"), {}).get("mb_per_s")
+            if name.startswith("direct") and raw:
+                add(f"direct MB/s ÷ raw PUTs, {name.removeprefix('direct p')} in flight", row["mb_per_s"] / raw, 0.95,
+                    "≥ 0.95")
+        parts = [r["cpu_ms_per_part"] for n, r in prows.items() if n.startswith("direct") and r.get("cpu_ms_per_part")
+                 is not None]
+        if parts:
+            worst = max(parts)
+            rows.append(_row("gateway CPU ms per direct part (worst of the parallelisms)", f"{worst:.2f}", "≤ 0.5",
+                             "yes" if worst <= 0.5 else "**no**"))
+    if not rows:
+        return []
+    return ["", "## Cost goals", "", _row("measure", "this run", "goal", "met"), "|---|---:|---|---|", *rows]
 
 
 def _throughput(tp: dict[str, Any]) -> list[str]:
@@ -118,11 +215,12 @@ def _throughput(tp: dict[str, Any]) -> list[str]:
     best = f", best of {reps} interleaved repetitions" if reps > 1 else ""
     out = ["", f"## Throughput and cost: one {size_text} upload at a time (parts of {tp['part_size'] // MiB} MiB"
            f"{best})", "",
-           _row("path", "in flight", "MB/s", "÷ peer", "÷ limit", "server CPU s/GiB", "server peak RSS MiB"),
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           _row("path", "in flight", "MB/s", "÷ peer", "÷ limit", "server CPU s/GiB", "gateway CPU ms per part",
+                "server peak RSS MiB"),
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
-    def cost(row: dict[str, Any]) -> tuple[str, str]:
-        return _n(row["cpu_s_per_gib"], 3), _n(row["peak_rss_mib"])
+    def cost(row: dict[str, Any]) -> tuple[str, str, str]:
+        return _n(row["cpu_s_per_gib"], 3), _n(row.get("cpu_ms_per_part"), 2), _n(row["peak_rss_mib"])
 
     for name, row in rows.items():
         if name.startswith("direct"):
@@ -141,9 +239,11 @@ def _throughput(tp: dict[str, Any]) -> list[str]:
     for name, row in rows.items():
         if name.startswith("raw"):
             out.append(_row("limit: raw presigned PUTs (botocore, no gateway)", name.removeprefix("raw p"),
-                            _n(row["mb_per_s"]), "–", "1.00×", "–", "–"))
+                            _n(row["mb_per_s"]), "–", "1.00×", "–", "–", "–"))
     out += ["", "Server CPU is the gateway process's (the @tus/server process's on its row) during the whole "
             f"upload, including background work: idle, the gateway used {tp['gateway_idle_cores']:.3f} cores. "
+            "CPU per part is the gateway's beyond that idle use, over the upload's parts (direct: signing, "
+            "confirms and completion; proxy: streaming the part's bytes through). "
             "Raw PUTs reach no server of ours. MB/s = 10^6 bytes/s over the upload's wall time "
             "(for tus-js-client from start() to onSuccess)."]
     if "tus-server" in rows:
@@ -189,10 +289,12 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], notes: list[str]) ->
     out.append("Every number below comes from this one run; servers take turns within each round. "
                "Ratios are the gateway's number divided by the other's (higher is better for rates and "
                "MB/s, lower for CPU and memory). Absolute numbers are this machine's; the ratios are the point.")
+    out += _goals(results)
     sections = (("signing", _signing), ("rates", _rates), ("throughput", _throughput), ("scale", _scale))
     for key, render in sections:
         if results.get(key) is not None:
             out += render(results[key])
+    out += _cost_table(results)
     if meta.get("failed"):
         out += ["", "## Sections that failed", ""] + [f"- {name}: {error}" for name, error in meta["failed"].items()]
     out += ["", "## Notes", ""]

@@ -147,13 +147,17 @@ def _measure(ctx: Context, path: Path) -> dict[str, Any]:
     with meter_gw.phase() as idle:  # background work (sweeps, pool upkeep) is in every figure below
         time.sleep(2.0 if s.quick else 3.0)
     idle_cores = idle["gateway"].cpu_s / idle["gateway"].wall_s
+    parts = -(-size // ctx.part_size)
     s3 = _s3(ctx)
 
     def record(name: str, seconds: float, usage: Any, key: str | None, state: str = "completed") -> None:
         """usage: the serving process's (None for raw PUTs, which no server of ours sees)."""
         ok = key is not None and state == "completed" and _object_size(ctx, key) == size
+        # The upload's own cost: what the process used beyond its idle background during the upload.
+        busy = max(0.0, usage.cpu_s - idle_cores * usage.wall_s) if usage and name != "tus-server" else None
         row = {"seconds": seconds, "mb_per_s": size / 1e6 / seconds, "ok": ok,
                "cpu_s_per_gib": usage.cpu_s / gib if usage else None,
+               "cpu_ms_per_part": busy / parts * 1000 if busy is not None else None,
                "peak_rss_mib": usage.peak_rss_mib if usage else None}
         runs.setdefault(name, []).append(row)
         if not ok:
