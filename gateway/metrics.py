@@ -22,6 +22,27 @@ REQUESTS = Counter("gateway_requests_total", "HTTP requests", ["route", "method"
 REQUEST_SECONDS = Histogram(
     "gateway_request_seconds", "HTTP request latency", ["route", "method"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+# The labelled children of the two request metrics by (route, method, status): `.labels()` validates and
+# locks on every call, a dict lookup does not. Bounded (routes x methods x statuses is small, but the
+# method and the route of an unmatched path come from the client); past the bound, `.labels()` as before.
+# A child stays the one `.labels()` returns unless the metric is cleared or a child removed, which
+# nothing does.
+REQUEST_CHILDREN_MAX = 4096
+_request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """One answered request: gateway_requests_total and gateway_request_seconds."""
+    key = (route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = (REQUESTS.labels(route, method, str(status)), REQUEST_SECONDS.labels(route, method))
+        if len(_request_children) < REQUEST_CHILDREN_MAX:
+            _request_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
 S3_SECONDS = Histogram("gateway_s3_call_seconds", "S3 call latency", ["operation"],
                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120))
 S3_ERRORS = Counter("gateway_s3_errors_total", "S3 calls that failed", ["operation"])

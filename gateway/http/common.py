@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import ClientPayloadError, web
@@ -42,6 +43,21 @@ def upload_url(request: web.Request, upload_id: str) -> str:
     if settings.public_url:
         return settings.public_url + path
     return str(request.url.with_path(path).with_query(None))
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(moment: datetime) -> str:
+    """The IMF-fixdate of a UTC datetime (`Thu, 03 Dec 2026 00:43:40 GMT`): exactly what
+    `email.utils.format_datetime(moment, usegmt=True)` returns, errors included, at a third of its cost."""
+    if moment.tzinfo is None or moment.tzinfo != UTC:
+        raise ValueError("usegmt option requires a UTC datetime")
+    # %-formatting: a third faster here than the f-string with its seven format specs.
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (  # noqa: UP031
+        _DAYS[moment.weekday()], moment.day, _MONTHS[moment.month - 1], moment.year, moment.hour, moment.minute,
+        moment.second)
 
 
 def parse_non_negative(request: web.Request, name: str) -> int | None:

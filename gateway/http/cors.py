@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -22,24 +22,28 @@ EXPOSED_HEADERS = (
 PREFLIGHT_MAX_AGE = "86400"
 
 
-def cors_middleware(origins: tuple[str, ...]) -> Any:
+CorsHeaders = Callable[[web.Request, web.StreamResponse], None]
+
+
+def cors_headers(origins: tuple[str, ...]) -> CorsHeaders | None:
+    """What adds the CORS headers to a response (every response, errors included): the allowed origin and
+    the readable headers, the preflight's answer headers, and `Vary: Origin`. None when no origin is
+    configured (GATEWAY_CORS_ORIGINS empty): then no response depends on Origin and there is nothing to add."""
+    if not origins:
+        return None
     allow_any = "*" in origins
     allowed = frozenset(origins)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    def add(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
-        permitted = origin is not None and (allow_any or origin in allowed)
-        response = await handler(request)
-        if permitted and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
-        if permitted:
-            assert origin is not None
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        response.headers.add("Vary", "Origin")
-        return response
+        headers = response.headers
+        if origin is not None and (allow_any or origin in allowed):
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+                headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+                headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        headers.add("Vary", "Origin")
 
-    return middleware
+    return add

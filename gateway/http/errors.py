@@ -1,4 +1,4 @@
-"""The one place where error codes become HTTP statuses, and the middleware that renders them.
+"""The one place where error codes become HTTP statuses, and where raised errors become responses.
 
 Every error answers `{"error": {"code", "message"}}` (plus `details` when useful). Anything that is not
 an UploadError is logged with its traceback and becomes a generic 500 without internal detail.
@@ -121,21 +121,33 @@ def render_problem(exc: UploadError) -> web.Response:
                         headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except UploadError as exc:
+def response_for_error(request: web.Request, exc: Exception) -> web.Response | None:
+    """The answer to an exception a handler raised; None for one that is not an error (an HTTPException
+    below 400), which the caller re-raises. Called from an `except` block: an unexpected exception is
+    logged with its traceback."""
+    if isinstance(exc, UploadError):
         response = render_problem(exc) if "Upload-Draft-Interop-Version" in request.headers else render(exc)
         if exc.code is ErrorCode.REQUEST_TIMEOUT:
             response.force_close()  # the rest of the body is not coming: the connection cannot be reused
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = _HTTP_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, code, exc.reason, headers=headers)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal server error")
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """`response_for_error` as a middleware of its own (the ops app's only one; the API app's request
+    middleware, gateway/http/routes.py, calls it within its single layer)."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        response = response_for_error(request, exc)
+        if response is None:
+            raise
+        return response

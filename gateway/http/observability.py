@@ -7,9 +7,10 @@ import contextlib
 import contextvars
 import logging
 import math
+import os
 import re
+import sys
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.http.keys import API_APP, METRICS_SAMPLERS
-from gateway.metrics import REQUEST_SECONDS, REQUESTS, exposition
+from gateway.metrics import exposition, observe_request
 
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -34,45 +35,58 @@ def _route(request: web.Request) -> str:
 
 class InFlight:
     """Counts requests being handled, so a shutdown can wait for them (aiohttp's own graceful
-    shutdown stops reading request bodies, which would cut every PATCH in flight)."""
+    shutdown stops reading request bodies, which would cut every PATCH in flight). The API app's request
+    middleware (gateway/http/routes.py) calls `started` and `finished` around everything else it does."""
 
     def __init__(self) -> None:
         self.count = 0
         self.idle = asyncio.Event()
         self.idle.set()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    def started(self) -> None:
         self.count += 1
         self.idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self.idle.set()
+
+    def finished(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
 
 
-def observability_middleware(log_requests: bool) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        incoming = request.headers.get("X-Request-Id", "")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        REQUEST_ID.set(request_id)
-        started = time.perf_counter()
-        response = await handler(request)
-        elapsed = time.perf_counter() - started
-        response.headers["X-Request-Id"] = request_id
-        route = _route(request)
-        REQUESTS.labels(route, request.method, str(response.status)).inc()
-        REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
-        if log_requests:
-            # The path only: query strings may carry signatures.
-            access_log.info("%s %s %d %.1fms", request.method, request.path, response.status, elapsed * 1000,
-                            extra={"route": route, "status": response.status, "duration_ms": round(elapsed * 1000, 1)})
-        return response
+def new_request_id() -> str:
+    """What `uuid.uuid4().hex` returns (random version-4 UUID, 32 hex digits), without building a UUID."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
-    return middleware
+
+def start_request(request: web.Request) -> str:
+    """The request's id (the client's X-Request-Id when it is safe to echo, else a new one), set for the
+    log lines of the request."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else new_request_id()
+    REQUEST_ID.set(request_id)
+    return request_id
+
+
+def finish_request(request: web.Request, response: web.StreamResponse, request_id: str, elapsed: float,
+                   log_requests: bool) -> None:
+    """An answered request: its X-Request-Id header, its metrics and its access-log line."""
+    response.headers["X-Request-Id"] = request_id
+    route = _route(request)
+    method = request.method
+    status = response.status
+    observe_request(route, method, status, elapsed)
+    if log_requests and access_log.isEnabledFor(logging.INFO):
+        # What `access_log.info(...)` would log, with the caller's place read off this frame instead
+        # of looked up by walking the stack. The path only: query strings may carry signatures.
+        frame = sys._getframe()
+        code = frame.f_code
+        access_log.handle(access_log.makeRecord(
+            access_log.name, logging.INFO, code.co_filename, frame.f_lineno, "%s %s %d %.1fms",
+            (method, request.path, status, elapsed * 1000), None, code.co_name,
+            {"route": route, "status": status, "duration_ms": round(elapsed * 1000, 1)}))
 
 
 def api_app(request: web.Request) -> web.Application:
@@ -134,6 +148,10 @@ class RateLimiter:
 
     def __init__(self, rates: dict[LimitBucket, float]) -> None:
         self.buckets = {limit: TokenBuckets(rate, 2 * rate) for limit, rate in rates.items() if rate}
+
+    def enforces(self, limit: LimitBucket) -> bool:
+        """Whether `check` can refuse anything for this limit (the rates are fixed at construction)."""
+        return limit in self.buckets
 
     def check(self, limit: LimitBucket, owner: Any) -> None:
         buckets = self.buckets.get(limit)

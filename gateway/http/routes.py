@@ -1,9 +1,10 @@
 """The route table: every route of the gateway with what it requires, as data a reader can scan
-(docs/architecture.md §1), and the middlewares every request passes."""
+(docs/architecture.md §1), and the middleware every request passes."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,8 @@ from aiohttp import web
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.http import companion, ietf, parts, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
-from gateway.http.cors import cors_middleware
-from gateway.http.errors import error_middleware
+from gateway.http.cors import cors_headers
+from gateway.http.errors import error_middleware, response_for_error
 from gateway.http.keys import ALLOWANCE, API_APP, AUTHENTICATOR, DRAINING, OWNER, READINESS_CHECKS, SETTINGS
 from gateway.http.observability import (
     HEAD_LIMIT,
@@ -23,8 +24,9 @@ from gateway.http.observability import (
     LimitBucket,
     RateLimiter,
     api_app,
+    finish_request,
     metrics,
-    observability_middleware,
+    start_request,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,7 +74,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
-    """Preflights (OPTIONS) never need a token or Tus-Resumable; the CORS middleware answers their headers."""
+    """Preflights (OPTIONS) never need a token or Tus-Resumable; the request middleware adds their CORS headers."""
     upload = f"{base}/{{upload_id:{UPLOAD_ID_PATTERN}}}"
     s3_upload = f"{s3_base}/multipart/{{upload_id:{UPLOAD_ID_PATTERN}}}"
     return [
@@ -140,8 +142,24 @@ SINGLE_HEADERS = (
 )
 
 
+# The same names as they appear in `request.raw_headers`, lower-cased: a token is ASCII, and a request head
+# with another byte in a header name never gets past aiohttp's parser.
+_SINGLE_RAW = frozenset(name.lower().encode() for name in SINGLE_HEADERS)
+
+
 def refuse_repeated_headers(request: web.Request) -> None:
-    """400 `invalid_request` naming the first protocol header that appears more than once."""
+    """400 `invalid_request` naming the first protocol header (in SINGLE_HEADERS order) that appears more
+    than once. Usually none does: one pass over the raw header names shows it, the per-name look-up runs
+    only when some protocol header name repeats."""
+    seen: set[bytes] = set()
+    for raw_name, _ in request.raw_headers:
+        lowered = raw_name.lower()
+        if lowered in _SINGLE_RAW:
+            if lowered in seen:
+                break
+            seen.add(lowered)
+    else:
+        return
     for name in SINGLE_HEADERS:
         if len(request.headers.getall(name, ())) > 1:
             raise UploadError(ErrorCode.INVALID_REQUEST, f"the {name} header appears more than once",
@@ -150,20 +168,22 @@ def refuse_repeated_headers(request: web.Request) -> None:
 
 def _guarded(route: Route, limiter: RateLimiter) -> Handler:
     """The handler behind what its route requires: one copy of each protocol header, Tus-Resumable, then a
-    token, then its rate limit."""
+    token, then its rate limit (when that limit is on)."""
+    needs_tus, needs_token, route_handler = route.tus, route.auth, route.handler
+    limit = route.limit if route.limit is not None and limiter.enforces(route.limit) else None
 
     async def handler(request: web.Request) -> web.StreamResponse:
         refuse_repeated_headers(request)
-        if (route.tus and not ietf.is_ietf(request)
+        if (needs_tus and not ietf.is_ietf(request)
                 and request.headers.get("Tus-Resumable", "").strip() != tus.TUS_VERSION):
             raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
                               f"Tus-Resumable: {tus.TUS_VERSION} is required on tus requests")
-        if route.auth:
+        if needs_token:
             principal = await request.app[AUTHENTICATOR].principal(request.headers.get("Authorization"))
             request[OWNER], request[ALLOWANCE] = principal.owner, principal.allowance
-            if route.limit is not None:
-                limiter.check(route.limit, principal.owner)
-        return await route.handler(request)
+            if limit is not None:
+                limiter.check(limit, principal.owner)
+        return await route_handler(request)
 
     return handler
 
@@ -202,8 +222,7 @@ def add_routes(app: web.Application, routes: list[Route], limiter: RateLimiter) 
     app[OVERRIDES] = {name: frozenset(methods) for name, methods in overrides.items()}
 
 
-@web.middleware
-async def resolve_method_override(request: web.Request, handler: Any) -> web.StreamResponse:
+def resolve_method_override(request: web.Request) -> web.Request:
     """tus's X-HTTP-Method-Override, resolved once before anything depends on the method: a POST naming
     an `override` route of its path becomes that request (`clone(method=...)`), so the metrics, the access
     log, CORS, the route's own checks (Tus-Resumable, token, rate limit) and the protocol dispatch all see
@@ -214,12 +233,54 @@ async def resolve_method_override(request: web.Request, handler: Any) -> web.Str
         methods = request.app.get(OVERRIDES, {}).get(request.match_info.route.name or "")
         names = request.headers.getall(METHOD_OVERRIDE)
         if methods and len(names) == 1 and (method := names[0].strip().upper()) in methods:
-            request = request.clone(method=method)
-    return await handler(request)
+            return request.clone(method=method)
+    return request
 
 
-async def _tus_resumable_header(request: web.Request, response: web.StreamResponse) -> None:
+def request_middleware(in_flight: InFlight, log_requests: bool, cors_origins: tuple[str, ...]) -> Any:
+    """The API app's one middleware; each step is a function of the module that owns its rule, run in this
+    order: the method override (`resolve_method_override`, so everything after sees the effective method),
+    the in-flight count around all the rest, the request id and the clock, the handler with its errors
+    rendered (`response_for_error`), the CORS headers on every response, errors included (`cors_headers`),
+    then X-Request-Id, the metrics and the access log (`finish_request`). A single layer because each
+    aiohttp middleware costs a partial and a coroutine frame per request. An exception that is not an
+    error (an HTTPException below 400, a cancellation) passes through unrecorded, as it always has."""
+    add_cors_headers = cors_headers(cors_origins)  # None without GATEWAY_CORS_ORIGINS: nothing to add
+    perf_counter = time.perf_counter
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST":
+            request = resolve_method_override(request)
+        in_flight.started()
+        try:
+            request_id = start_request(request)
+            started = perf_counter()
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                rendered = response_for_error(request, exc)
+                if rendered is None:
+                    raise
+                response = rendered
+            if add_cors_headers is not None:
+                add_cors_headers(request, response)
+            finish_request(request, response, request_id, perf_counter() - started, log_requests)
+            return response
+        finally:
+            in_flight.finished()
+
+    return middleware
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response of the API app, aiohttp's own refusals included (one signal receiver, not two:
+    each costs a coroutine per response): `Tus-Resumable`, and while draining, keep-alive clients (a
+    proxy's upstream pool) are told to reconnect elsewhere."""
     response.headers["Tus-Resumable"] = tus.TUS_VERSION
+    if request.app[DRAINING].is_set():
+        response.force_close()  # this side closes after the response...
+        response.headers["Connection"] = "close"  # ...and says so (the headers are computed by now)
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
@@ -231,21 +292,10 @@ def setup_http(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[IN_FLIGHT] = InFlight()
     limiter = RateLimiter({PARTS_LIMIT: settings.rate_limit_parts, HEAD_LIMIT: settings.rate_limit_head})
-    # The method override first: every middleware after it sees the effective method.
-    app.middlewares.extend([resolve_method_override, app[IN_FLIGHT].middleware,
-                            observability_middleware(settings.access_log), cors_middleware(settings.cors_origins),
-                            error_middleware])
-    app.on_response_prepare.append(_tus_resumable_header)
+    app.middlewares.append(request_middleware(app[IN_FLIGHT], settings.access_log, settings.cors_origins))
     app[DRAINING] = asyncio.Event()
-    app.on_response_prepare.append(_close_when_draining)
+    app.on_response_prepare.append(_on_response_prepare)
     add_routes(app, route_table(settings.base_path), limiter)
-
-
-async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
-    """While draining, keep-alive clients (a proxy's upstream pool) are told to reconnect elsewhere."""
-    if request.app[DRAINING].is_set():
-        response.force_close()  # this side closes after the response...
-        response.headers["Connection"] = "close"  # ...and says so (the headers are computed by now)
 
 
 def ops_app(api: web.Application) -> web.Application:

@@ -8,7 +8,6 @@ import base64
 import binascii
 import logging
 import re
-from email.utils import format_datetime
 
 from aiohttp import web
 from yarl import URL
@@ -22,6 +21,7 @@ from gateway.http.common import (
     UPLOAD_ID,
     RequestBodyStream,
     allowance_of,
+    http_date,
     owner_of,
     parse_non_negative,
     upload_id_of,
@@ -141,7 +141,7 @@ def upload_headers(request: web.Request, upload: Upload) -> dict[str, str]:
     headers = {
         "Upload-Offset": str(upload.offset),
         "Upload-Part-Size": str(upload.part_size),
-        "Upload-Expires": format_datetime(upload.expires_at, usegmt=True),
+        "Upload-Expires": http_date(upload.expires_at),
     }
     if upload.length is None:
         headers["Upload-Defer-Length"] = "1"
@@ -160,7 +160,7 @@ def upload_headers(request: web.Request, upload: Upload) -> dict[str, str]:
 
 def _progress_headers(upload: Upload) -> dict[str, str]:
     return {"Upload-Offset": str(upload.offset),
-            "Upload-Expires": format_datetime(upload.expires_at, usegmt=True)}
+            "Upload-Expires": http_date(upload.expires_at)}
 
 
 def _has_upload_body(request: web.Request) -> bool:
