@@ -5,7 +5,7 @@ export interface DirectHttpStackOptions {
   parallel?: number
   /** Stack for the gateway's own requests (POST, HEAD, DELETE); default `new tus.DefaultHttpStack()` of the global `tus`. */
   fallback?: HttpStack
-  /** Parts per sign request (default 2 x parallel). */
+  /** Parts per sign request (default the larger of 16 and 2 x parallel). */
   signBatch?: number
   /** Ask for per-part checksums at creation (`Upload-Part-Checksum`); S3 then verifies each part. */
   checksum?: 'crc32c' | 'sha256'

@@ -32,7 +32,7 @@ export class DirectHttpStack {
    * @param {number} [options.parallel=4] part PUTs in flight at once (per PATCH)
    * @param {object} [options.fallback] the stack for gateway requests; default `new tus.DefaultHttpStack()`
    *   from the global `tus` (the browser build); pass it explicitly with bundlers and in Node
-   * @param {number} [options.signBatch] parts per sign request (default 2 x parallel)
+   * @param {number} [options.signBatch] parts per sign request (default the larger of 16 and 2 x parallel)
    * @param {'crc32c'|'sha256'} [options.checksum] ask for per-part checksums at creation
    *   (`Upload-Part-Checksum`); S3 then verifies every part
    * @param {number} [options.partSize] part size hint sent at creation (`Upload-Part-Size`)
@@ -43,7 +43,8 @@ export class DirectHttpStack {
    */
   constructor(options = {}) {
     this.parallel = Math.max(1, Math.floor(options.parallel ?? DEFAULT_PARALLEL))
-    this.signBatch = Math.max(1, Math.floor(options.signBatch ?? 2 * this.parallel))
+    // At least 16 URLs per sign request (the gateway's cost is per request); stale ones are signed again.
+    this.signBatch = Math.max(1, Math.floor(options.signBatch ?? Math.max(16, 2 * this.parallel)))
     this.checksum = options.checksum ?? null
     if (this.checksum !== null && !(this.checksum in CHECKSUMS)) {
       throw new TypeError(`DirectHttpStack: checksum must be one of ${Object.keys(CHECKSUMS).join(', ')}`)

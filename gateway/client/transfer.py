@@ -30,6 +30,7 @@ ProgressCallback = Callable[[int, int], None]
 READ_CHUNK = 1024 * 1024
 PROGRESS_INTERVAL = 0.25
 MAX_SIGN_BATCH = 1000
+SIGN_BATCH_MIN = 16
 # Parts whose PUTs finish within this share one confirm: the gateway's cost is per request, and S3 holds
 # the parts meanwhile (a resumed run's listing finds them).
 CONFIRM_LINGER = 1.0
@@ -146,8 +147,9 @@ class PartTransfer:
         self._progress = progress
         self._on_progress = on_progress
         self._confirms: asyncio.Queue[int | None] = asyncio.Queue()
-        # About two URLs per worker: enough that workers rarely wait, few enough to stay fresh.
-        self._urls = _Urls(api, upload_url, self._todo, min(MAX_SIGN_BATCH, 2 * parallel),
+        # At least SIGN_BATCH_MIN URLs per request (the gateway's cost is per request), two per worker
+        # beyond that; a URL that went stale before its turn is signed again.
+        self._urls = _Urls(api, upload_url, self._todo, min(MAX_SIGN_BATCH, max(SIGN_BATCH_MIN, 2 * parallel)),
                            lambda n: progress.skipped(plan.size(n)))
 
     async def run(self) -> None:
