@@ -14,9 +14,20 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process so far (its threads included, its children not)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """CPU time of the process's threads so far (its children not), in nanoseconds from each thread's
+    schedstat: /proc/PID/stat counts 10 ms ticks, too coarse for the ~20 ms a whole direct upload of
+    1 GiB costs the gateway. Falls back to the ticks where schedstat is missing."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not (tasks / str(pid) / "schedstat").exists():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+    total = 0
+    for task in tasks.iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except OSError:  # a thread that has just exited
+            continue
+    return total / 1e9
 
 
 def _status_kib(pid: int, key: str) -> float:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procstat import cpu_seconds
 from gateway.cli import mint_token
 from gateway.db.migrate import migrate
 from gateway.embedded import EmbeddedStack, StackInfo, free_port
@@ -29,10 +30,8 @@ class RunningGateway:
     stack: StackInfo
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the gateway process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        """CPU time of the gateway process so far."""
+        return cpu_seconds(self.process.pid)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
