@@ -14,7 +14,7 @@ How each contender runs (all on 127.0.0.1, against the same PostgreSQL and Seawe
 - **gateway**: `gateway serve`, one process, production defaults (JWT checked on every request, JSON
   access log on, DB pool 40) except the per-owner rate limits, which are off
   (`GATEWAY_RATE_LIMIT_PARTS=0`, `GATEWAY_RATE_LIMIT_HEAD=0`) because no peer has any; the load is
-  spread over many owners (one per simulated client), as the per-owner quota lock expects.
+  spread over many owners (one per simulated client), as in production.
 - **@tus/server + @tus/s3-store**: `new Server({path: '/files', datastore: new S3Store({partSize,
   s3ClientConfig: {bucket, region, endpoint, forcePathStyle: true, credentials}})})` on
   `http.createServer`, everything else default (MemoryLocker, in-memory metadata cache, no auth);
@@ -24,7 +24,7 @@ How each contender runs (all on 127.0.0.1, against the same PostgreSQL and Seawe
   expires: 900, awsClientOptions: {requestChecksumCalculation: 'WHEN_REQUIRED'}}, server, filePath,
   secret, corsOrigins: true})` mounted in Express, no auth, metrics on (its default). Its URLs do not
   pin Content-Length; the gateway's do (and are checked against the upload's part plan and Postgres).
-- **floor**: `bench/floor_server.py`, bare aiohttp + asyncpg, one indexed statement per request, no
+- **floor**: `bench/floor_server.py`, bare aiohttp + asyncpg on uvloop, one indexed statement per request, no
   auth, no S3, no logging: the ceiling for this stack (Python + Postgres on this machine).
 - **load**: `bench/loadgen.py`, a closed loop of N keep-alive HTTP/1.1 connections in its own process
   (raw asyncio protocol; aiohttp's client costs ~6x more CPU per request and became the bottleneck on
