@@ -64,6 +64,22 @@ async def list_from(store: ObjectStore, upload: Upload, wanted: Sequence[int]) -
         page_size = LIST_PAGE
 
 
+async def list_all(store: ObjectStore, upload: Upload) -> list[ListedPart]:
+    """Every part S3 holds for the upload, one per number (a stale duplicate loses), in number order.
+    Pages are followed by NextPartNumberMarker while it moves forward (a store that lists by name still
+    returns every part across the pages; the marker never moves back, so the walk ends)."""
+    found: dict[int, ListedPart] = {}
+    marker = 0
+    while True:
+        page = await store.list_parts(upload.key, upload.multipart_id or "", marker, LIST_PAGE)
+        for part in page.parts:
+            if _better(upload, part, found.get(part.number)):
+                found[part.number] = part
+        if not page.truncated or page.next_marker <= marker:
+            return [found[n] for n in sorted(found)]
+        marker = page.next_marker
+
+
 def _better(upload: Upload, part: ListedPart, current: ListedPart | None) -> bool:
     """A store may list stale duplicates of a part: prefer the planned size, then the newest."""
     if current is None:

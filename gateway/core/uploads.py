@@ -18,7 +18,7 @@ from gateway.core import metadata as md
 from gateway.core.completion import Completion
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
-from gateway.core.listing import confirmed, find_parts, list_from
+from gateway.core.listing import confirmed, find_parts, list_all, list_from
 from gateway.core.model import (
     NO_ALLOWANCE,
     S3_MAX_PARTS,
@@ -34,7 +34,7 @@ from gateway.core.model import (
     parts_needed,
     plan_part_size,
 )
-from gateway.core.ports import CreateHook, ObjectStore, PartSigner, PartToSign, UploadRepository
+from gateway.core.ports import CreateHook, ListedPart, ObjectStore, PartSigner, PartToSign, UploadRepository
 from gateway.core.rules import (
     RETRY_AFTER_COMPLETING,
     load_active,
@@ -164,6 +164,22 @@ class UploadService:
         if upload.needs_reconcile:
             upload = await self._reconcile(upload)
         return upload, await self.repo.confirmed_parts(upload.id)
+
+    async def held_parts(self, upload_id: str, owner: Owner) -> list[ListedPart]:
+        """What S3 holds for the upload right now, as S3 lists it (a short last part included, nothing
+        recorded): for S3-style clients that resume by skipping the parts S3 has. A finished upload has
+        no multipart upload any more: its confirmed parts are what it holds."""
+        upload = await load_alive(self.repo, upload_id, owner)
+        if upload.state is State.ACTIVE and upload.multipart_id:
+            try:
+                return await list_all(self.store, upload)
+            except UploadError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+                upload = await load_alive(self.repo, upload_id, owner)  # completed meanwhile
+                if upload.state is State.ACTIVE:
+                    raise UploadError(ErrorCode.UPLOAD_FAILED, "the S3 multipart upload no longer exists") from None
+        return [ListedPart(p.number, p.size, p.etag, p.checksum) for p in await self.repo.confirmed_parts(upload.id)]
 
     # -- terminate ----------------------------------------------------------------------------------
 

@@ -125,13 +125,11 @@ async def sign_batch(request: web.Request) -> web.Response:
 
 
 async def list_parts(request: web.Request) -> web.Response:
-    """The parts S3 holds for this upload, for @uppy/aws-s3's resume (it skips the listed parts).
-
-    The core reports the confirmed parts after reconciling the signed, unconfirmed ones with S3
-    (at most once per GATEWAY_RECONCILE_INTERVAL per upload; parts of the planned size only).
-    """
+    """The parts S3 holds for this upload, exactly as S3 lists them (a short last part included), for
+    @uppy/aws-s3's resume: it skips the listed parts, so none is uploaded twice. Nothing is recorded:
+    the complete request checks the parts with S3 again."""
     upload = await _upload_for(request)
-    _, parts = await request.app[SERVICE].list_parts(upload.id, owner_of(request))
+    parts = await request.app[SERVICE].held_parts(upload.id, owner_of(request))
     return web.json_response([{"PartNumber": p.number, "Size": p.size, "ETag": p.etag} for p in parts],
                              headers={"Cache-Control": "no-store"})
 
