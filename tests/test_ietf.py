@@ -174,7 +174,7 @@ async def test_draft_errors_are_problem_documents(gateway: Gateway) -> None:
         assert (await response.json(content_type=None))["type"] == "about:blank"
     async with gateway.http.post(gateway.files(), headers={**DRAFT, "Upload-Complete": "?0"}) as response:
         assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
-    async with gateway.http.post(gateway.files(), headers={**bearer(), "Upload-Draft-Interop-Version": "6",
+    async with gateway.http.post(gateway.files(), headers={**bearer(), "Upload-Draft-Interop-Version": "9",
                                                            "Upload-Complete": "?0"}) as response:
         assert response.status == 412
     location = await gateway.create(10)
@@ -187,3 +187,69 @@ async def test_draft_errors_are_problem_documents(gateway: Gateway) -> None:
         assert "min-size=0" in response.headers["Upload-Limit"]
     async with gateway.http.head(location, headers=auth()) as response:  # the same upload, in tus terms
         assert response.status == 200 and response.headers["Upload-Offset"] == "0"
+
+
+# -- earlier interop versions, on the same uploads --------------------------------------------------------
+
+
+async def test_interop_3_speaks_upload_incomplete(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """draft-01 (interop 3, iOS 17's URLSession): `Upload-Incomplete: ?1` while more is to come, no
+    Upload-Limit, appends of any content type; answers in the same words."""
+    v3 = {**tokens.bearer("alice"), "Upload-Draft-Interop-Version": "3"}
+    data = os.urandom(PART + 99)
+    first = data[:PART]
+    head = request_head(gateway, "POST", "/files", {**v3, "Upload-Incomplete": "?1", "Content-Length": str(PART)})
+    (interim, interim_headers, _), (status, headers, _) = await raw_request(gateway, head, first)
+    assert interim == 104 and interim_headers["upload-draft-interop-version"] == "3"
+    assert "upload-limit" not in interim_headers
+    assert status == 201 and headers["upload-incomplete"] == "?1" and "upload-complete" not in headers
+    assert headers["upload-offset"] == str(PART) and headers["upload-draft-interop-version"] == "3"
+    location = headers["location"]
+    async with gateway.http.head(location, headers=v3) as response:
+        assert response.status == 204 and response.headers["Upload-Incomplete"] == "?1"
+        assert response.headers["Upload-Offset"] == str(PART) and "Upload-Limit" not in response.headers
+    # The same upload answers a version-8 client in version 8's words.
+    async with gateway.http.head(location, headers=bearer()) as response:
+        assert response.headers["Upload-Complete"] == "?0" and "Upload-Limit" in response.headers
+    async with gateway.http.patch(location, data=data[PART:], headers={
+            **v3, "Content-Type": "application/octet-stream", "Upload-Offset": str(PART),
+            "Upload-Incomplete": "?0"}) as response:
+        assert response.status == 204, await response.text()
+        assert response.headers["Upload-Incomplete"] == "?0"
+    row = await upload_row(db, upload_id(location))
+    assert row["length"] == len(data)
+    assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
+
+
+@pytest.mark.parametrize(("version", "limit_key", "typed"), [("5", None, False), ("6", "expires", True),
+                                                            ("7", "max-age", True)])
+async def test_interop_5_to_7_as_their_drafts_say(gateway: Gateway, db, s3, version: str,  # type: ignore[no-untyped-def]
+                                                   limit_key: str | None, typed: bool) -> None:
+    headers = {**tokens.bearer("alice"), "Upload-Draft-Interop-Version": version}
+    data = os.urandom(PART + 5)
+    async with gateway.http.post(gateway.files(), data=data[:PART], headers={
+            **headers, "Upload-Complete": "?0", "Upload-Length": str(len(data))}) as response:
+        assert response.status == 201 and response.headers["Upload-Draft-Interop-Version"] == version
+        location = response.headers["Location"]
+        limit = response.headers.get("Upload-Limit")
+        assert (limit is None) if limit_key is None else f"{limit_key}=" in (limit or "")
+    # From -04 on an append must say application/partial-upload; before, any type goes.
+    async with gateway.http.patch(location, data=data[PART:], headers={
+            **headers, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(PART),
+            "Upload-Complete": "?1"}) as response:
+        assert response.status == (415 if typed else 204), await response.text()
+    if typed:
+        async with gateway.http.patch(location, data=data[PART:], headers={
+                **headers, "Content-Type": "application/partial-upload", "Upload-Offset": str(PART),
+                "Upload-Complete": "?1"}) as response:
+            assert response.status == 204
+    row = await upload_row(db, upload_id(location))
+    assert sha256(stored_bytes(s3, row["bucket"], row["s3_key"])) == sha256(data)
+
+
+async def test_unknown_interop_versions_are_412(gateway: Gateway) -> None:
+    for version in ("2", "9", "x"):
+        async with gateway.http.post(gateway.files(), headers={
+                **tokens.bearer("alice"), "Upload-Draft-Interop-Version": version, "Upload-Complete": "?0"}) as r:
+            assert r.status == 412
+            assert "3, 4, 5, 6, 7, 8" in (await r.json(content_type=None))["title"]

@@ -63,6 +63,20 @@ def gateway_port(gw: Gateway) -> int:
 # --- tus-js-client ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("protocol", "interop"), [("ietf-draft-03", "5"), ("ietf-draft-05", "6")])
+async def test_tus_js_client_ietf_modes(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path,
+                                        protocol: str, interop: str) -> None:
+    """tus-js-client 4.3's IETF modes send interop 5 and 6: each is answered as its draft says."""
+    path = tmp_path / f"{protocol}.bin"
+    digest = write_file(path, 3 * PART + 11)
+    result = await run_js("tus_upload.mjs", tus_options(small_parts, path, protocol=protocol, chunkSize=2 * PART))
+    assert result["bytesUploaded"] == 3 * PART + 11
+    assert {r["headers"].get("Upload-Draft-Interop-Version") for r in result["requests"]} == {interop}
+    assert [r["method"] for r in result["requests"]] == ["POST", "PATCH", "PATCH"]
+    assert all(r["status"] in (201, 204) for r in result["requests"]), result["requests"]
+    assert await stored_sha256(db, s3, result["url"]) == digest
+
+
 async def test_default_options_one_patch(gateway: Gateway, db: Connection, s3: Any, tmp_path: Path) -> None:
     """chunkSize Infinity: a POST, then the whole file streamed in one PATCH, across 16 MiB parts."""
     path = tmp_path / "default.bin"

@@ -80,7 +80,7 @@ async def test_override_head_joins_the_head_rate_limit(stack, db) -> None:  # ty
 PROTOCOL_HEADERS = {
     "tus": TUS,
     "ietf": DRAFT,
-    "ietf-wrong-version": {"Upload-Draft-Interop-Version": "7"},
+    "ietf-wrong-version": {"Upload-Draft-Interop-Version": "9"},
     "neither": {},
     "both": {**TUS, **DRAFT},
 }

@@ -10,13 +10,15 @@ ALLOWED_METHODS = "GET, HEAD, POST, PATCH, PUT, DELETE, OPTIONS"
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Defer-Length, Upload-Metadata, "
     "Upload-Offset, Upload-Checksum, Upload-Concat, Upload-Part-Size, Upload-Part-Checksum, "
-    "X-HTTP-Method-Override, X-Requested-With, X-Request-Id, Upload-Complete, Upload-Draft-Interop-Version, "
+    "X-HTTP-Method-Override, X-Requested-With, X-Request-Id, Upload-Complete, Upload-Incomplete, "
+    "Upload-Draft-Interop-Version, "
     "Content-Disposition"
 )
 EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Expires, Upload-Part-Size, "
     "Upload-Part-Checksum, Upload-Metadata, Upload-Concat, Tus-Resumable, Tus-Version, Tus-Extension, "
-    "Tus-Max-Size, Tus-Checksum-Algorithm, Retry-After, X-Request-Id, Upload-Complete, Upload-Limit, "
+    "Tus-Max-Size, Tus-Checksum-Algorithm, Retry-After, X-Request-Id, Upload-Complete, Upload-Incomplete, "
+    "Upload-Limit, "
     "Upload-Draft-Interop-Version"
 )
 PREFLIGHT_MAX_AGE = "86400"

@@ -1,16 +1,19 @@
-"""IETF "Resumable Uploads for HTTP" (draft-ietf-httpbis-resumable-upload-11, interop version 8).
+"""IETF "Resumable Uploads for HTTP" (draft-ietf-httpbis-resumable-upload-01 to -11, interop versions
+3 to 8).
 
 The same upload model as tus, spoken in the draft's terms: creation with `Upload-Complete`, a
 `104 (Upload Resumption Supported)` interim response carrying the upload's `Location` before the
 body is read, offset retrieval with HEAD, append with `application/partial-upload`, cancellation
 with DELETE, `Upload-Limit`, and problem details (RFC 9457) for errors. Requests are recognised by
-`Upload-Draft-Interop-Version: 8`, as tusd does for its draft versions.
+`Upload-Draft-Interop-Version`, as tusd does for its draft versions; each version clients still send is
+answered as its own draft says (DRAFTS), on the same uploads.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -21,8 +24,35 @@ from gateway.http.common import RequestBodyStream, allowance_of, owner_of, uploa
 from gateway.http.errors import STATUS
 from gateway.http.keys import PROXY, SERVICE, SETTINGS
 
-INTEROP_VERSION = "8"
 PARTIAL_UPLOAD = "application/partial-upload"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What one interop version changes on the wire (the drafts' change logs, appendix "Changes")."""
+
+    interop: str
+    # -01 (interop 3) says `Upload-Incomplete: ?1` while more is to come; -02 on says `Upload-Complete: ?1`
+    # when the request carries the rest.
+    incomplete_header: bool
+    # From -04 (interop 6) an append must be `application/partial-upload`; before, any type goes.
+    partial_upload_type: bool
+    # Upload-Limit came with -04; its lifetime key was `expires` there and in -05, `max-age` from -06.
+    limit_age_key: str | None
+
+
+# tus-js-client 4.3: `protocol: 'ietf-draft-03'` sends 5, `'ietf-draft-05'` sends 6; Apple's URLSession
+# on iOS 17 sends 3.
+DRAFTS = {d.interop: d for d in (
+    Draft("3", incomplete_header=True, partial_upload_type=False, limit_age_key=None),
+    Draft("4", incomplete_header=False, partial_upload_type=False, limit_age_key=None),
+    Draft("5", incomplete_header=False, partial_upload_type=False, limit_age_key=None),
+    Draft("6", incomplete_header=False, partial_upload_type=True, limit_age_key="expires"),
+    Draft("7", incomplete_header=False, partial_upload_type=True, limit_age_key="max-age"),
+    Draft("8", incomplete_header=False, partial_upload_type=True, limit_age_key="max-age"),
+)}
+LATEST = DRAFTS["8"]
+_DRAFT = web.RequestKey("ietf_draft", Draft)
 _SF_INTEGER = re.compile(r"^[0-9]{1,15}$")
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*UTF-8''([^;\s]+)", re.IGNORECASE)
 _FILENAME = re.compile(r'filename\s*=\s*"?([^";]+)"?', re.IGNORECASE)
@@ -40,19 +70,27 @@ def by_protocol(tus_handler: Handler, ietf_handler: Handler) -> Handler:
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if not is_ietf(request):
             return await tus_handler(request)
-        if request.headers["Upload-Draft-Interop-Version"].strip() != INTEROP_VERSION:
+        draft = DRAFTS.get(request.headers["Upload-Draft-Interop-Version"].strip())
+        if draft is None:
             raise UploadError(ErrorCode.UNSUPPORTED_VERSION,
-                              f"only Upload-Draft-Interop-Version: {INTEROP_VERSION} is supported")
+                              f"Upload-Draft-Interop-Version must be one of {', '.join(DRAFTS)}")
+        request[_DRAFT] = draft
         return await ietf_handler(request)
 
     return dispatch
 
 
-def _bool(request: web.Request, name: str) -> bool:
+def draft_of(request: web.Request) -> Draft:
+    return request.get(_DRAFT, LATEST)
+
+
+def _complete(request: web.Request) -> bool:
+    """Whether the request carries the upload's last byte, in its draft's words."""
+    name = "Upload-Incomplete" if draft_of(request).incomplete_header else "Upload-Complete"
     value = request.headers.get(name, "").strip()
     if value not in ("?0", "?1"):
         raise UploadError(ErrorCode.INVALID_REQUEST, f"{name} must be the structured boolean ?0 or ?1")
-    return value == "?1"
+    return (value == "?1") != (name == "Upload-Incomplete")
 
 
 def _integer(request: web.Request, name: str) -> int | None:
@@ -65,18 +103,24 @@ def _integer(request: web.Request, name: str) -> int | None:
     return int(value)
 
 
-def upload_limit(request: web.Request) -> str:
-    settings = request.app[SETTINGS]
-    return f"max-size={settings.max_upload_size}, min-size=0, max-age={settings.upload_ttl}"
+def _version_headers(request: web.Request) -> dict[str, str]:
+    """The interop version the request spoke, and Upload-Limit where its draft has one."""
+    draft = draft_of(request)
+    headers = {"Upload-Draft-Interop-Version": draft.interop}
+    if draft.limit_age_key is not None:
+        settings = request.app[SETTINGS]
+        headers["Upload-Limit"] = (f"max-size={settings.max_upload_size}, min-size=0, "
+                                   f"{draft.limit_age_key}={settings.upload_ttl}")
+    return headers
 
 
 def _state_headers(request: web.Request, upload: Upload) -> dict[str, str]:
-    headers = {
-        "Upload-Draft-Interop-Version": INTEROP_VERSION,
-        "Upload-Offset": str(upload.offset),
-        "Upload-Complete": "?1" if upload.state in (State.COMPLETING, State.COMPLETED) else "?0",
-        "Upload-Limit": upload_limit(request),
-    }
+    done = upload.state in (State.COMPLETING, State.COMPLETED)
+    headers = {**_version_headers(request), "Upload-Offset": str(upload.offset)}
+    if draft_of(request).incomplete_header:
+        headers["Upload-Incomplete"] = "?0" if done else "?1"
+    else:
+        headers["Upload-Complete"] = "?1" if done else "?0"
     if upload.length is not None:
         headers["Upload-Length"] = str(upload.length)
     return headers
@@ -103,7 +147,7 @@ async def _send_104(request: web.Request, headers: dict[str, str]) -> None:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    complete = _bool(request, "Upload-Complete")
+    complete = _complete(request)
     length = _integer(request, "Upload-Length")
     if complete and request.content_length is not None:
         if length is not None and length != request.content_length:
@@ -114,8 +158,7 @@ async def create(request: web.Request) -> web.StreamResponse:
                                                part_size_hint=None, part_checksum=None,
                                                allowance=allowance_of(request))
     location = upload_url(request, upload.id)
-    await _send_104(request, {"Location": location, "Upload-Limit": upload_limit(request),
-                              "Upload-Draft-Interop-Version": INTEROP_VERSION})
+    await _send_104(request, {"Location": location, **_version_headers(request)})
     if upload.state is State.ACTIVE and request.content_length != 0:
         try:
             upload = await request.app[PROXY].append(upload.id, upload.owner, 0, RequestBodyStream(request),
@@ -135,12 +178,12 @@ async def head(request: web.Request) -> web.Response:
 
 
 async def append(request: web.Request) -> web.Response:
-    if request.content_type != PARTIAL_UPLOAD:
+    if draft_of(request).partial_upload_type and request.content_type != PARTIAL_UPLOAD:
         raise UploadError(ErrorCode.INVALID_CONTENT_TYPE, f"an append needs Content-Type: {PARTIAL_UPLOAD}")
     offset = _integer(request, "Upload-Offset")
     if offset is None:
         raise UploadError(ErrorCode.INVALID_OFFSET, "Upload-Offset is required")
-    complete = _bool(request, "Upload-Complete")
+    complete = _complete(request)
     try:
         upload = await request.app[PROXY].append(upload_id_of(request), owner_of(request), offset,
                                                  RequestBodyStream(request), complete=complete)
@@ -153,9 +196,11 @@ async def append(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     await request.app[SERVICE].terminate(upload_id_of(request), owner_of(request))
-    return web.Response(status=204, headers={"Upload-Draft-Interop-Version": INTEROP_VERSION})
+    return web.Response(status=204, headers={"Upload-Draft-Interop-Version": draft_of(request).interop})
 
 
 async def options(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers={"Upload-Limit": upload_limit(request), "Accept-Patch": PARTIAL_UPLOAD,
-                                             "Upload-Draft-Interop-Version": INTEROP_VERSION})
+    headers = _version_headers(request)
+    if draft_of(request).partial_upload_type:
+        headers["Accept-Patch"] = PARTIAL_UPLOAD
+    return web.Response(status=204, headers=headers)

@@ -137,7 +137,8 @@ def ops_route_table() -> list[Route]:
 # Content-Type lines; they are listed so the rule holds whichever parser runs.
 SINGLE_HEADERS = (
     "Tus-Resumable", "Upload-Length", "Upload-Defer-Length", "Upload-Offset", "Upload-Metadata", "Upload-Checksum",
-    "Upload-Concat", "Upload-Part-Size", "Upload-Part-Checksum", "Upload-Complete", "Upload-Draft-Interop-Version",
+    "Upload-Concat", "Upload-Part-Size", "Upload-Part-Checksum", "Upload-Complete", "Upload-Incomplete",
+    "Upload-Draft-Interop-Version",
     "Content-Disposition", "Authorization", METHOD_OVERRIDE, "Content-Length", "Content-Type",
 )
 

@@ -74,11 +74,11 @@ const positionalReader = {
 const PASSED = [
   'endpoint', 'uploadUrl', 'chunkSize', 'uploadDataDuringCreation', 'uploadLengthDeferred', 'retryDelays',
   'metadata', 'removeFingerprintOnSuccess', 'overridePatchMethod', 'uploadSize', 'storeFingerprintForResuming',
-  'parallelUploads',
+  'parallelUploads', 'protocol',
 ]
 const TRACED = [
   'Upload-Offset', 'Upload-Length', 'Upload-Defer-Length', 'Upload-Metadata', 'Content-Type', 'Tus-Resumable',
-  'X-HTTP-Method-Override', 'Upload-Concat',
+  'X-HTTP-Method-Override', 'Upload-Concat', 'Upload-Draft-Interop-Version', 'Upload-Complete',
 ]
 
 const requests = []
