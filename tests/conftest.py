@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from gateway.db.migrate import migrate
 from gateway.embedded import EmbeddedStack, StackInfo
-from tests.support.gateway import Gateway, make_settings, start_gateway
+from tests.support.gateway import AiohttpClient, Gateway, client_gateway, make_settings
 from tests.support.js import install_browser_packages, install_js_packages
 
 
@@ -64,9 +64,8 @@ def s3(stack: StackInfo) -> Any:
 
 
 @pytest.fixture
-async def gateway(stack: StackInfo) -> AsyncIterator[Gateway]:
-    async for gw in start_gateway(make_settings(stack)):
-        yield gw
+async def gateway(stack: StackInfo, aiohttp_client: AiohttpClient) -> Gateway:
+    return await client_gateway(aiohttp_client, make_settings(stack))
 
 
 @pytest.fixture

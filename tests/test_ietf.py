@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import MiB, tokens
 from tests.support.db import upload_row
-from tests.support.gateway import Gateway, make_settings, start_gateway, upload_id
+from tests.support.gateway import Gateway, client_gateway, make_settings, upload_id
 from tests.support.storage import sha256, stored_bytes
 from tests.support.tokens import auth
 
@@ -20,10 +20,9 @@ PART = 5 * MiB
 
 
 @pytest.fixture
-async def gateway(stack):  # type: ignore[no-untyped-def]
+async def gateway(stack, aiohttp_client):  # type: ignore[no-untyped-def]
     """5 MiB parts, so a few MiB already span parts (the default is 16 MiB)."""
-    async for gw in start_gateway(make_settings(stack, part_size=PART)):
-        yield gw
+    return await client_gateway(aiohttp_client, make_settings(stack, part_size=PART))
 
 
 def bearer(subject: str = "alice") -> dict[str, str]:

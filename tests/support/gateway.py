@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -60,6 +60,17 @@ class GatewayTestServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
         kwargs["handler_cancellation"] = self.handler_cancellation
         return guarded_runner(self.app, self.settings, **kwargs)
+
+
+# pytest-aiohttp's `aiohttp_client` fixture: a coroutine taking a test server, answering a TestClient.
+AiohttpClient = Callable[..., Awaitable[TestClient]]
+
+
+async def client_gateway(aiohttp_client: AiohttpClient, settings: Settings) -> Gateway:
+    """The app factory under pytest-aiohttp's `aiohttp_client` (the fixture closes it after the test), on the
+    runner `gateway serve` uses. For tests that need more than one gateway at a time: `running`."""
+    client = await aiohttp_client(GatewayTestServer(create_app(settings), settings))
+    return Gateway(str(client.make_url("")).rstrip("/"), settings, client.session, client.app)
 
 
 async def start_gateway(settings: Settings, *, handler_cancellation: bool = True) -> AsyncIterator[Gateway]:
