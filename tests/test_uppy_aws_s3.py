@@ -493,14 +493,18 @@ async def test_abort_never_deletes_a_finished_upload(gateway: Gateway, s3: Any) 
     assert head["ContentLength"] == 4
 
 
-async def test_empty_file_is_refused_at_complete(gateway: Gateway, db: Connection) -> None:
-    """Uppy sends a 0-byte file as one empty part; a deferred upload cannot end empty (tus's empty
-    uploads are created with Upload-Length: 0 instead), so complete answers 400."""
+async def test_empty_file_completes_as_an_empty_object(gateway: Gateway, db: Connection, s3: Any) -> None:
+    """Uppy sends a 0-byte file as one empty part; S3 refuses such a multipart upload, so the gateway
+    stores an empty object instead and aborts the multipart upload."""
     upload = await created(gateway)
     etag = await sign_and_put(gateway, upload, 1, b"")
     status, body = await call(gateway, "POST", s3_url(gateway, f"/{upload['uploadId']}/complete", key=upload["key"]),
                               "alice", {"parts": [{"PartNumber": 1, "ETag": etag}]})
-    assert_error(status, body, 400, "invalid_upload_length")
+    assert status == 200, body
+    row = await upload_row(db, upload["uploadId"])
+    assert row is not None and row["state"] == "completed" and row["length"] == 0
+    head = await asyncio.to_thread(s3.head_object, Bucket=upload["bucket"], Key=upload["key"])
+    assert head["ContentLength"] == 0 and head["Metadata"]["upload-id"] == upload["uploadId"]
 
 
 def every_route(gw: Gateway, upload: dict[str, str], key: str | None) -> list[tuple[str, str, Any]]:

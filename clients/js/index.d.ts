@@ -29,4 +29,28 @@ export declare class DirectHttpStack implements HttpStack {
   getName(): string
 }
 
+/** A request Uppy 6's `@uppy/aws-s3` asks its `signRequest` to sign. */
+export interface UppySignableRequest {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE'
+  key: string
+  uploadId?: string
+  partNumber?: number
+  contentType?: string
+}
+
+export interface UppySignRequestOptions {
+  /** The gateway's `/files` URL. */
+  endpoint: string
+  /** The bearer token for the gateway (called before each control-plane request; may refresh). */
+  getToken: () => string | Promise<string>
+  /** Part URLs signed per gateway request (default 16). */
+  signAhead?: number
+  /** fetch for the gateway calls (default the global fetch). */
+  fetch?: typeof fetch
+}
+
+/** The `signRequest` for `uppy.use(AwsS3, { signRequest })` (Uppy 6) against tus-s3-gateway. */
+export declare function uppySignRequest(options: UppySignRequestOptions):
+  (request: UppySignableRequest) => Promise<{ url: string, headers?: Record<string, string> }>
+
 export default DirectHttpStack

@@ -962,4 +962,5 @@ function sleep(ms, signal) {
   })
 }
 
+export { uppySignRequest } from './uppy.js'
 export default DirectHttpStack

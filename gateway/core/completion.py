@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from gateway.core import metadata as md
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.listing import list_from
@@ -91,6 +92,8 @@ class Completion:
         return upload
 
     async def _finish(self, upload: Upload) -> State:
+        if upload.length == 0:
+            return await self._finish_empty(upload)
         parts = await self.repo.confirmed_parts(upload.id)
         try:
             await self.store.complete(upload.key, upload.multipart_id or "", parts, upload.part_checksum)
@@ -100,6 +103,22 @@ class Completion:
             return await self._after_invalid_part(upload, parts)
         await self.repo.finish_completing(upload.id, State.COMPLETED)
         log.info("upload %s completed", upload.id)
+        return State.COMPLETED
+
+    async def _finish_empty(self, upload: Upload) -> State:
+        """A deferred upload declared empty: S3 refuses a multipart upload of no bytes (AWS and SeaweedFS
+        fail a CompleteMultipartUpload without parts or with one empty part), so the object is an empty
+        PutObject and the multipart upload is aborted. Repeating both is harmless (the lease's takeover)."""
+        await self.store.put_empty(upload.key, content_type=md.content_type(upload.metadata),
+                                   metadata=md.object_metadata(upload.id, upload.metadata),
+                                   filename=md.filename(upload.metadata))
+        if upload.multipart_id:
+            try:
+                await self.store.abort(upload.key, upload.multipart_id)
+            except UploadError as exc:  # the lifecycle rule and the sweeper remove it later
+                log.warning("abort after the empty completion of %s failed: %s", upload.id, exc)
+        await self.repo.finish_completing(upload.id, State.COMPLETED)
+        log.info("upload %s completed (empty)", upload.id)
         return State.COMPLETED
 
     async def _after_no_such_upload(self, upload: Upload) -> State:

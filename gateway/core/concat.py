@@ -119,7 +119,7 @@ class Concatenation:
         upload_id = new_upload_id()
         key = object_key(limits.s3_key_prefix, upload_id)
         content_type = md.content_type(kept)
-        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
+        s3_meta = md.object_metadata(upload_id, kept)
         store = self.store
         if not plan:
             await store.put_empty(key, content_type=content_type, metadata=s3_meta, filename=md.filename(kept))

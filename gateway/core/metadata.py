@@ -58,6 +58,12 @@ def _ascii_text(value: str | None, limit: int = 512) -> str | None:
     return cleaned[:limit] or None
 
 
+def object_metadata(upload_id: str, metadata: Mapping[str, str | None]) -> dict[str, str]:
+    """The S3 user metadata of an upload's object: its upload id (how a lost completion is recognised)
+    and the client's metadata S3 keeps."""
+    return {"upload-id": upload_id, **s3_user_metadata(metadata)}
+
+
 def s3_user_metadata(metadata: Mapping[str, str | None]) -> dict[str, str]:
     result = {}
     for key in S3_METADATA_KEYS:

@@ -98,6 +98,4 @@ def planned_with_length(upload: Upload, length: int | None, max_upload_size: int
     confirmed_ends = [n * upload.part_size for n in upload.confirmed_beyond_prefix]
     if any(end > length for end in confirmed_ends):
         raise UploadError(ErrorCode.LENGTH_CONFLICT, "confirmed parts lie past that length")
-    if length == 0:
-        raise UploadError(ErrorCode.INVALID_UPLOAD_LENGTH, "a deferred upload cannot end empty here")
     return replace(upload, length=length)

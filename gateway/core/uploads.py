@@ -124,7 +124,7 @@ class UploadService:
         upload_id = new_upload_id()
         key = object_key(limits.s3_key_prefix, upload_id)
         content_type = md.content_type(kept)
-        s3_meta = {"upload-id": upload_id, **md.s3_user_metadata(kept)}
+        s3_meta = md.object_metadata(upload_id, kept)
         if length == 0:
             # Complete at once; a zero-part CompleteMultipartUpload fails on AWS and SeaweedFS.
             await self.store.put_empty(key, content_type=content_type, metadata=s3_meta,
@@ -210,7 +210,10 @@ class UploadService:
     # -- sign ---------------------------------------------------------------------------------------
 
     async def sign(self, upload_id: str, owner: Owner, requests: Sequence[PartRequest],
-                   length: int | None, *, pin_length: bool = True) -> SignResult:
+                   length: int | None, *, pin_length: bool = True, within_reach: bool = False) -> SignResult:
+        """`within_reach`: for a client that signs ahead without knowing its file's size (Uppy 6's
+        signRequest): the parts past what the upload could reach (its part plan, size limit or the
+        owner's byte quota) are left out instead of refusing the request; the first must be within."""
         if len(requests) > self.limits.sign_batch_max:
             raise UploadError(ErrorCode.BATCH_TOO_LARGE, f"at most {self.limits.sign_batch_max} parts per request")
         upload = await load_active(self.repo, upload_id, owner)
@@ -222,11 +225,16 @@ class UploadService:
         numbers = [r.number for r in requests]
         if len(set(numbers)) != len(numbers):
             raise UploadError(ErrorCode.INVALID_REQUEST, "a part number appears twice")
+        headroom = await quota_headroom(self.repo, planned)
+        if within_reach:
+            reachable = [r for r in requests if planned.valid_part_number(r.number)
+                         and (headroom is None or (r.number - 1) * planned.part_size < headroom)]
+            requests = reachable or list(requests[:1])
+            numbers = [r.number for r in requests]
         unknown = [n for n in numbers if not planned.valid_part_number(n)]
         if unknown:
             raise UploadError(ErrorCode.UNKNOWN_PART, f"no such part in this upload: {unknown[:10]}",
                               details={"parts": unknown})
-        headroom = await quota_headroom(self.repo, planned)
         beyond = [n for n in numbers if headroom is not None and (n - 1) * planned.part_size >= headroom]
         if beyond:
             # A deferred upload: parts starting past what the owner's quota leaves could never be declared.

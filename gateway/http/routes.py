@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import companion, ietf, parts, tus
+from gateway.http import companion, ietf, parts, s3_api, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_headers
 from gateway.http.errors import error_middleware, response_for_error
@@ -93,6 +93,8 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
         Route("PATCH", upload, ietf.by_protocol(tus.patch, ietf.append), "tus.upload", tus=True, override=True),
         # Downloads may be visited by a browser, so they do not demand Tus-Resumable.
         Route("GET", upload, tus.download, "download"),
+        # PutObject of Uppy 6's single-request uploads (files up to its multipart threshold).
+        Route("PUT", upload, s3_api.put_object, "s3api.put"),
         # The presigned-parts extension (the direct path).
         Route("OPTIONS", f"{upload}/parts", tus.options, "parts.collection", auth=False),
         Route("POST", f"{upload}/parts", parts.sign, "parts.collection", limit=PARTS_LIMIT),
@@ -100,7 +102,17 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
         Route("GET", f"{upload}/parts", parts.list_parts, "parts.collection", limit=PARTS_LIMIT),
         Route("OPTIONS", f"{upload}/parts/{{number}}", tus.options, "parts.one", auth=False),
         Route("PUT", f"{upload}/parts/{{number}}", parts.confirm_one, "parts.one", limit=PARTS_LIMIT),
-        # Uppy Companion's S3 multipart routes (@uppy/aws-s3).
+        # S3-shaped routes for Uppy 6's @uppy/aws-s3 `signRequest` (clients/js `uppySignRequest`). `/files/s3`
+        # never matches an upload id (16+ characters).
+        Route("OPTIONS", f"{base}/s3", tus.options, "s3api.create", auth=False),
+        Route("POST", f"{base}/s3", s3_api.create, "s3api.create"),
+        Route("OPTIONS", f"{upload}/s3", tus.options, "s3api.upload", auth=False),
+        Route("GET", f"{upload}/s3", s3_api.list_parts, "s3api.upload", limit=PARTS_LIMIT),
+        Route("POST", f"{upload}/s3", s3_api.complete, "s3api.upload", limit=PARTS_LIMIT),
+        Route("DELETE", f"{upload}/s3", s3_api.abort, "s3api.upload", limit=PARTS_LIMIT),
+        Route("OPTIONS", f"{upload}/s3/urls", tus.options, "s3api.urls", auth=False),
+        Route("POST", f"{upload}/s3/urls", s3_api.part_urls, "s3api.urls", limit=PARTS_LIMIT),
+        # Uppy Companion's S3 multipart routes (@uppy/aws-s3 5).
         Route("OPTIONS", f"{s3_base}/params", companion.options, "s3.params", auth=False),
         Route("GET", f"{s3_base}/params", companion.params, "s3.params"),
         Route("OPTIONS", f"{s3_base}/sts", companion.options, "s3.sts", auth=False),

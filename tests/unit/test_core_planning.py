@@ -118,6 +118,11 @@ def test_part_ranges() -> None:
     assert _upload(length=0).part_count == 1
 
 
+def test_a_deferred_upload_may_be_declared_empty() -> None:
+    # Completion then stores an empty object (S3 refuses an empty multipart upload).
+    assert planned_with_length(_upload(), 0, GiB).length == 0
+
+
 @pytest.mark.parametrize(("upload", "length", "max_size", "code"), [
     (_upload(length=10 * MiB), 11 * MiB, GiB, ErrorCode.LENGTH_ALREADY_SET),
     (_upload(), GiB + 1, GiB, ErrorCode.MAX_SIZE_EXCEEDED),                    # the configured maximum
@@ -125,7 +130,6 @@ def test_part_ranges() -> None:
     (_upload(prefix_parts=2), 7 * MiB, GiB, ErrorCode.LENGTH_CONFLICT),        # below the offset
     (_upload(stash=(_seg(1, 1, 3 * MiB),)), 2 * MiB, GiB, ErrorCode.LENGTH_CONFLICT),
     (_upload(confirmed_beyond_prefix=(3,)), 12 * MiB, GiB, ErrorCode.LENGTH_CONFLICT),  # part 3 ends at 15 MiB
-    (_upload(), 0, GiB, ErrorCode.INVALID_UPLOAD_LENGTH),
 ])
 def test_length_declarations_refused(upload: Upload, length: int, max_size: int, code: ErrorCode) -> None:
     with pytest.raises(UploadError) as caught:

@@ -30,6 +30,8 @@ import { basename } from 'node:path'
 import AwsS3 from '@uppy/aws-s3'
 import Uppy from '@uppy/core'
 
+import { installXMLHttpRequest } from './node_xhr.mjs'
+
 const options = JSON.parse(process.argv[2] ?? '{}')
 if (!options.file || !options.endpoint) {
   console.error('usage: node uppy_s3_upload.mjs \'{"endpoint": "...", "token": "...", "file": "..."}\'')
@@ -58,95 +60,11 @@ globalThis.fetch = async (input, init = {}) => {
   return response
 }
 
-class NodeXMLHttpRequest {
-  constructor() {
-    this.status = 0
-    this.responseText = ''
-    this.responseType = ''
-    this.timeout = 0
-    this.upload = { addEventListener: (type, fn) => this.#on(`upload:${type}`, fn) }
-    this.#listeners = new Map()
-    this.#headers = {}
-    this.#controller = new AbortController()
-  }
-
-  #listeners
-  #headers
-  #controller
-  #method = 'GET'
-  #url = ''
-  #responseHeaders = new Headers()
-  #timedOut = false
-
-  #on(type, fn) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, [])
-    this.#listeners.get(type).push(fn)
-  }
-
-  #emit(type, event = {}) {
-    for (const fn of this.#listeners.get(type) ?? []) fn({ target: this, ...event })
-  }
-
-  addEventListener(type, fn) {
-    this.#on(type, fn)
-  }
-
-  open(method, url) {
-    this.#method = method
-    this.#url = url
-  }
-
-  setRequestHeader(name, value) {
-    this.#headers[name] = value
-  }
-
-  getAllResponseHeaders() {
-    return [...this.#responseHeaders].map(([name, value]) => `${name}: ${value}`).join('\r\n')
-  }
-
-  abort() {
-    this.#controller.abort()
-  }
-
-  async send(body) {
-    const record = {
-      partNumber: Number(new URL(this.#url).searchParams.get('partNumber')),
-      status: null,
-      size: body?.size ?? null,
-    }
-    puts.push(record)
-    const timer = this.timeout
-      ? setTimeout(() => {
-          this.#timedOut = true
-          this.#controller.abort()
-        }, this.timeout)
-      : null
-    try {
-      const response = await nativeFetch(this.#url, {
-        method: this.#method,
-        headers: this.#headers,
-        body,
-        signal: this.#controller.signal,
-      })
-      this.#responseHeaders = response.headers
-      this.responseText = await response.text()
-      this.status = response.status
-      record.status = response.status
-      if (body?.size != null) {
-        this.#emit('upload:progress', { loaded: body.size, total: body.size, lengthComputable: true })
-      }
-      this.#emit('load')
-    } catch (err) {
-      record.error = String(err?.message ?? err)
-      if (this.#timedOut) this.#emit('timeout')
-      else if (this.#controller.signal.aborted) this.#emit('abort')
-      else this.#emit('error')
-    } finally {
-      if (timer) clearTimeout(timer)
-    }
-  }
-}
-globalThis.XMLHttpRequest = NodeXMLHttpRequest
+installXMLHttpRequest(nativeFetch, ({ url, size }) => {
+  const record = { partNumber: Number(new URL(url).searchParams.get('partNumber')), status: null, size }
+  puts.push(record)
+  return record
+})
 
 const uppy = new Uppy({ autoProceed: false, allowMultipleUploadBatches: false })
 const pluginOptions = {
