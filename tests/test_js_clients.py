@@ -24,7 +24,7 @@ from gateway.embedded import StackInfo
 from tests.support import MiB
 from tests.support.db import upload_row
 from tests.support.gateway import Gateway, make_settings, running, start_gateway, upload_id
-from tests.support.js import run_js, tus_options
+from tests.support.js import install_uppy6_packages, run_js, tus_options
 from tests.support.node import NodeFailed, node_requirement, write_file
 from tests.support.proxies import TcpProxy
 from tests.support.storage import stored_sha256
@@ -322,14 +322,16 @@ async def test_resume_on_another_gateway_instance(stack: StackInfo, db: Connecti
 # --- Uppy ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk", [None, 4 * MiB])
+@pytest.mark.parametrize(("uppy", "chunk"), [(5, None), (5, 4 * MiB), (6, None), (6, 4 * MiB)])
 async def test_uppy_with_tus_plugin(small_parts: Gateway, db: Connection, s3: Any, tmp_path: Path,
-                                    chunk: int | None) -> None:
+                                    uppy: int, chunk: int | None) -> None:
+    """@uppy/tus 5 (tests/js) and 6 (tests/uppy6), the same script."""
     path = tmp_path / "uppy photo.bin"
     size = 9 * MiB + 321
     digest = write_file(path, size)
+    modules = str(install_uppy6_packages()) if uppy == 6 else None
     result = await run_js("uppy_upload.mjs", {"endpoint": small_parts.files(), "token": token("uppy-user"),
-                                                 "file": str(path), "chunkSize": chunk})
+                                                 "file": str(path), "chunkSize": chunk, "modules": modules})
     assert result["url"].startswith(small_parts.files() + "/")
     assert result["progress"] == size
     assert await stored_sha256(db, s3, result["url"]) == digest

@@ -24,11 +24,11 @@ from gateway.http.s3_api import completion_numbers, filename_of
 from tests.support import MiB
 from tests.support.db import upload_row
 from tests.support.gateway import Gateway, make_settings, running, upload_id
-from tests.support.node import NodeFailed, node_requirement, npm_ci, run_script, write_file
+from tests.support.js import UPPY6, install_uppy6_packages
+from tests.support.node import NodeFailed, node_requirement, run_script, write_file
 from tests.support.storage import stored_sha256
 from tests.support.tokens import auth, token
 
-UPPY6 = Path(__file__).parent / "uppy6"
 PART = 5 * MiB
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -37,7 +37,7 @@ needs_node = node_requirement("the Uppy 6 tests")
 
 @pytest.fixture(scope="session")
 def uppy6_packages() -> Path:
-    return npm_ci(UPPY6, ("@uppy/core", "@uppy/aws-s3", "@uppy/tus", "esbuild"))
+    return install_uppy6_packages()
 
 
 async def run_uppy6(gw: Gateway, path: Path, subject: str = "uppy6", timeout: float = 120, **options: Any

@@ -4,14 +4,18 @@
 //
 // In Node, @uppy/tus hands `file.data` to tus-js-client's Node build, which accepts a Buffer or a
 // Readable (not a Blob), so the file is added as `{name, type, data: Buffer}`.
+// `modules`: the directory whose node_modules supply Uppy (default tests/js: Uppy 5; tests/uppy6: Uppy 6).
 // Prints one JSON line: {"url", "size", "meta", "progress"}; exits 1 with the error on stderr on failure.
 import { readFileSync } from 'node:fs'
-import { basename } from 'node:path'
-
-import Uppy from '@uppy/core'
-import Tus from '@uppy/tus'
+import { createRequire } from 'node:module'
+import { basename, dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 const options = JSON.parse(process.argv[2] ?? '{}')
+const resolveFrom = createRequire(join(options.modules ?? dirname(fileURLToPath(import.meta.url)), 'package.json'))
+const load = async (name) => (await import(pathToFileURL(resolveFrom.resolve(name)).href)).default
+const Uppy = await load('@uppy/core')
+const Tus = await load('@uppy/tus')
 if (!options.file || !options.endpoint) {
   console.error('usage: node uppy_upload.mjs \'{"endpoint": "...", "token": "...", "file": "..."}\'')
   process.exit(2)

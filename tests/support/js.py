@@ -12,6 +12,7 @@ from tests.support.tokens import token
 
 TESTS = Path(__file__).resolve().parent.parent
 JS = TESTS / "js"  # tus-js-client and Uppy (@uppy/tus) in Node
+UPPY6 = TESTS / "uppy6"  # Uppy 6: @uppy/aws-s3 with uppySignRequest (Node, Chromium via esbuild), @uppy/tus
 BROWSER_DIR = TESTS / "browser"  # the direct adapter in Node, and the demo page in Chromium (playwright-core)
 JS_TIMEOUT = 120.0
 BROWSER_TIMEOUT = 180.0
@@ -21,6 +22,12 @@ BROWSER_TIMEOUT = 180.0
 def install_js_packages() -> Path:
     """tests/js/node_modules, pinned by tests/js/package-lock.json."""
     return npm_ci(JS, ("tus-js-client", "@uppy/core", "@uppy/tus"))
+
+
+@functools.cache
+def install_uppy6_packages() -> Path:
+    """tests/uppy6/node_modules, pinned by tests/uppy6/package-lock.json."""
+    return npm_ci(UPPY6, ("@uppy/core", "@uppy/aws-s3", "@uppy/tus", "esbuild", "playwright-core"))
 
 
 @functools.cache
