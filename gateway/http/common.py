@@ -70,12 +70,12 @@ def parse_non_negative(request: web.Request, name: str) -> int | None:
     return int(raw.strip())
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object body, read to its end (one read() returns only what has arrived).
+async def read_small_body(request: web.Request, limit: int, what: str = "body") -> bytes:
+    """A small request body (JSON, XML), read to its end (one read() returns only what has arrived).
 
-    A JSON body is small: all of it must arrive within GATEWAY_BODY_IDLE_TIMEOUT, else 408 (and the
-    connection is closed). A body the client cuts short is the client's failure: 400, logged at info."""
-    too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"JSON body larger than {limit} bytes")
+    All of it must arrive within GATEWAY_BODY_IDLE_TIMEOUT, else 408 (and the connection is closed).
+    A body the client cuts short is the client's failure: 400, logged at info."""
+    too_large = UploadError(ErrorCode.REQUEST_TOO_LARGE, f"{what} larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     timeout = request.app[SETTINGS].body_idle_timeout
@@ -93,8 +93,14 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     except (ConnectionError, web.RequestPayloadError, ClientPayloadError) as exc:
         log.info("request body ended early on %s %s: %r", request.method, request.path, exc)
         raise UploadError(ErrorCode.INVALID_REQUEST, "the request body ended early") from None
+    return b"".join(pieces)
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body (see read_small_body)."""
+    raw = await read_small_body(request, limit, "JSON body")
     try:
-        body = json.loads(b"".join(pieces) or b"{}")
+        body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested input
         raise UploadError(ErrorCode.INVALID_REQUEST, "the body is not valid JSON") from None
     if not isinstance(body, dict):

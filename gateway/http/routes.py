@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.http import companion, ietf, parts, s3_api, tus
+from gateway.http import companion, ietf, openapi, parts, s3_api, tus
 from gateway.http.common import UPLOAD_ID_PATTERN
 from gateway.http.cors import cors_headers
 from gateway.http.errors import error_middleware, response_for_error
@@ -80,6 +80,8 @@ def route_table(base: str, s3_base: str = "/s3") -> list[Route]:
     return [
         Route("GET", "/healthz", healthz, "public.healthz", auth=False),
         Route("GET", "/readyz", readyz, "public.readyz", auth=False),
+        # The OpenAPI 3.1 document of the JSON routes below (gateway/http/openapi.py), public like the probes.
+        Route("GET", "/openapi.json", openapi.serve, "public.openapi", auth=False),
         # No /metrics here: it is served on the ops port only (ops_route_table), so the API port answers 404.
         # tus and the IETF draft share the collection and upload URLs.
         Route("OPTIONS", base, ietf.by_protocol(tus.options, ietf.options), "tus.collection", auth=False),

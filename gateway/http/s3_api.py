@@ -35,6 +35,7 @@ from gateway.http.common import (
     allowance_of,
     owner_of,
     read_json_object,
+    read_small_body,
     upload_id_of,
     upload_url,
 )
@@ -131,17 +132,8 @@ def completion_numbers(body: bytes) -> list[int]:
     return numbers
 
 
-async def _read_small(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"body larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise UploadError(ErrorCode.REQUEST_TOO_LARGE, f"body larger than {limit} bytes")
-    return body
-
-
 async def complete(request: web.Request) -> web.Response:
-    numbers = completion_numbers(await _read_small(request, MAX_COMPLETE_BODY))
+    numbers = completion_numbers(await read_small_body(request, MAX_COMPLETE_BODY, "CompleteMultipartUpload body"))
     # `completing`: S3 is still assembling (the completion worker finishes it); the location answers
     # 409 not_ready until then.
     done = await request.app[SERVICE].complete_listed(upload_id_of(request), owner_of(request), numbers)
