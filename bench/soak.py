@@ -1,4 +1,4 @@
-"""Scale-out soak: `python -m bench.soak` (about 12 minutes here; `--quick`: under 2, run by `make test`).
+"""Scale-out soak: `python -m bench.soak` (about 13 minutes here; `--quick`: under 2, run by `make test`).
 
 Three `gateway serve` processes behind haproxy (round robin, no stickiness), a SeaweedFS cluster
 (`weed master`, two `weed volume`, `weed filer`, `weed s3` as separate processes) and one PostgreSQL.
@@ -66,7 +66,7 @@ class Plan:
     connections: int
 
 
-FULL = Plan(uploads=10_000, kills=100, window=400.0, expired_burst=500, connections=256)
+FULL = Plan(uploads=10_000, kills=100, window=600.0, expired_burst=500, connections=256)
 QUICK = Plan(uploads=300, kills=6, window=15.0, expired_burst=50, connections=64)
 # Share of uploads per kind (the rest are direct single-part uploads).
 MIX = (("proxy", 0.33), ("concat", 0.04), ("ietf", 0.02), ("direct_multi", 0.006))
@@ -164,6 +164,7 @@ class Observations:
     latencies: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # op -> (start, seconds)
     fault_windows: list[tuple[float, float]] = field(default_factory=list)
     download_waits: list[float] = field(default_factory=list)
+    slow_downloads: list[tuple[float, str, str, bool]] = field(default_factory=list)  # wait, kind, id, in a fault
     expired_answers: Counter[int] = field(default_factory=Counter)
     kills: int = 0
     bytes: int = 0
@@ -321,7 +322,11 @@ class Client:
             if time.monotonic() - start > DOWNLOAD_DEADLINE:
                 raise Failed(f"download of {upload.url} not ready {DOWNLOAD_DEADLINE:.0f} s after offset = length")
             await asyncio.sleep(0.2)
-        self.seen.download_waits.append(time.monotonic() - start)
+        waited = time.monotonic() - start
+        self.seen.download_waits.append(waited)
+        if waited > 2:
+            self.seen.slow_downloads.append((waited, upload.kind, upload.url.rsplit("/", 1)[-1],
+                                             self.seen.in_fault(start)))
 
     async def run(self, upload: Upload, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -629,6 +634,8 @@ def _report(plan: Plan, seen: Observations, uploads: list[Upload], failures: lis
     if waits:
         print(f"| download ready after offset = length | p50 {percentile(waits, 50):.2f} s, "
               f"p99 {percentile(waits, 99):.2f} s, max {waits[-1]:.2f} s |")
+    for waited, kind, upload_id, in_fault in sorted(seen.slow_downloads, reverse=True)[:3]:
+        print(f"| slow download | {waited:.1f} s: {kind} upload {upload_id}{' (during a fault)' if in_fault else ''} |")
     print(f"| client failures | {len(failures)} |")
     for name, value in checks.items():
         print(f"| {CHECK_LABELS[name]} | {value:,} |")

@@ -112,7 +112,7 @@ async def gateway_services(settings: Settings) -> AsyncIterator[Services]:
         yield Services(
             uploads=UploadService(repo, store, s3.part_signer, completion, limits, create_hook),
             proxy=ProxyUploads(repo, signed, completion, limits),
-            concat=Concatenation(repo, store, signed, limits),
+            concat=Concatenation(repo, store, signed, completion, limits),
             background=Background(completion_worker, sweeper, dispatcher),
             repo=repo, store=store, pool=pool, credentials=s3.credentials)
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.core import metadata as md
+from gateway.core.completion import Completion
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
 from gateway.core.model import (
@@ -29,7 +30,7 @@ from gateway.core.model import (
     object_key,
 )
 from gateway.core.ports import ByteStore, ObjectStore, UploadRepository
-from gateway.core.rules import load_owned, quota_exceeded, quota_for, size_limit
+from gateway.core.rules import RETRY_AFTER_COMPLETING, load_owned, quota_exceeded, quota_for, size_limit
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,12 @@ def plan_parts(sources: Sequence[tuple[str, int]]) -> list[PlannedPart]:
 
 
 class Concatenation:
-    def __init__(self, repo: UploadRepository, store: ObjectStore, data: ByteStore, limits: Limits) -> None:
+    def __init__(self, repo: UploadRepository, store: ObjectStore, data: ByteStore, completion: Completion,
+                 limits: Limits) -> None:
         self.repo = repo
         self.store = store
         self.data = data
+        self.completion = completion
         self.limits = limits
 
     async def create_final(self, owner: Owner, partial_ids: Sequence[str], metadata: Mapping[str, str | None],
@@ -152,6 +155,14 @@ class Concatenation:
             raise
         if partial.concat != "partial":
             raise UploadError(ErrorCode.INVALID_CONCAT, f"upload {upload_id} is not a partial upload")
+        if partial.state is State.COMPLETING:
+            # Its client saw offset = length, so for tus it is finished; S3 is still assembling it, or the
+            # instance doing so died: take over once its lease lapsed, else ask the client to retry.
+            await self.completion.take_over(partial)
+            partial = await load_owned(self.repo, upload_id, owner)
+            if partial.state is State.COMPLETING:
+                raise UploadError(ErrorCode.COMPLETING, f"partial upload {upload_id} is being completed; try again",
+                                  retry_after=RETRY_AFTER_COMPLETING)
         if partial.state is not State.COMPLETED:
             raise UploadError(ErrorCode.UPLOAD_NOT_FINISHED, f"partial upload {upload_id} is not finished")
         return partial

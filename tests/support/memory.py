@@ -800,7 +800,7 @@ def build_world(*, create_hook: CreateHook | None = None, completion_retry_after
         clock=clock, limits=settings, repo=repo, store=store, signer=signer, completion=completion,
         uploads=UploadService(repo, store, signer, completion, settings, create_hook),
         proxy=ProxyUploads(repo, store, completion, settings),
-        concat=Concatenation(repo, store, store, settings),
+        concat=Concatenation(repo, store, store, completion, settings),
         completion_worker=worker, sweeper=sweeper,
     )
 

@@ -120,3 +120,19 @@ async def test_final_upload_cannot_be_patched(world: World) -> None:
     final = await world.concat.create_final(ALICE, [(await partial(world, payload(MiB))).id], {})
     error = await error_of(world.proxy.patch(final.id, ALICE, final.length or 0, BytesBody(b"x")))
     assert error.code is ErrorCode.MODIFY_FINAL
+
+
+async def test_a_partial_left_completing_by_a_dead_instance_is_taken_over_by_the_final(world: World) -> None:
+    """The soak's finding: the partial's client saw offset = length, its instance died before S3 finished
+    it; the final creation answers 409 `completing` (retryable) while the lease holds, then takes over."""
+    data = payload(MiB, seed=3)
+    upload = await world.create(len(data), part_size=5 * MiB, partial=True)
+    world.store.fail("complete", times=1)
+    await world.proxy.patch(upload.id, ALICE, 0, BytesBody(data))
+    left = await world.repo.get(upload.id)
+    assert left is not None and left.state is State.COMPLETING
+    refused = await error_of(world.concat.create_final(ALICE, [upload.id], {}))
+    assert refused.code is ErrorCode.COMPLETING and refused.retry_after
+    world.clock.advance(world.limits.completion_retry_after + 1)  # the lease lapsed
+    final = await world.concat.create_final(ALICE, [upload.id], {})
+    assert world.store.object_bytes(final.key) == data
