@@ -3,11 +3,12 @@
 Starts on 127.0.0.1: PostgreSQL and SeaweedFS (embedded), `gateway serve`, the floor server, and the
 peers from npm (@tus/server + @tus/s3-store, Uppy Companion, tus-js-client; pinned in
 bench/peers/package.json and package-lock.json, installed once into bench/.cache/node). Then measures
-signing, request rates, throughput and cost, and 1,000 concurrent uploads; prints a markdown table and
+signing, request rates, throughput and cost, bytes re-sent per network drop (bench/drops.py), and
+1,000 concurrent uploads; prints a markdown table and
 writes it with a chart to docs/bench.md and docs/bench.png, and the raw numbers to docs/bench.json
 (a --quick run writes to bench/.cache/quick/ instead, so a smoke run never replaces the published numbers).
 
-Sections: sign, rate, throughput, scale (`--only rate,scale` runs a subset).
+Sections: sign, rate, throughput, drops, scale (`--only rate,scale` runs a subset).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import rates, report, scale, signing, throughput
+from bench import drops, rates, report, scale, signing, throughput
 from bench.common import ROOT, Context, Settings, log
 from bench.procstat import find_pids, postmaster_pid
 from bench.servers import DEFAULT_CACHE, all_peers, ensure_node_peers, installed_versions
@@ -38,8 +39,8 @@ from bench.stack import running_gateway
 from gateway.config import Settings as GatewaySettings
 from gateway.core.model import plan_part_size
 
-SECTIONS = {"sign": signing, "rate": rates, "throughput": throughput, "scale": scale}
-RESULT_KEYS = {"sign": "signing", "rate": "rates", "throughput": "throughput", "scale": "scale"}
+SECTIONS = {"sign": signing, "rate": rates, "throughput": throughput, "drops": drops, "scale": scale}
+RESULT_KEYS = {"sign": "signing", "rate": "rates", "throughput": "throughput", "drops": "drops", "scale": "scale"}
 # Production defaults, except the per-owner rate limits: no peer has any, and a benchmark is a flood.
 GATEWAY_ENV = {"GATEWAY_RATE_LIMIT_PARTS": "0", "GATEWAY_RATE_LIMIT_HEAD": "0"}
 

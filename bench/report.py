@@ -279,6 +279,32 @@ def _scale(sc: dict[str, Any]) -> list[str]:
     return out
 
 
+def drops_table(dr: dict[str, Any]) -> list[str]:
+    """Bytes re-sent per network drop on the proxy path (bench/drops.py)."""
+    size = f"{dr['size'] / MiB:g} MiB"
+    part = f", gateway parts of {dr['part_size'] // MiB} MiB (@tus/s3-store the same)" if dr.get("part_size") else ""
+    out = ["", f"## Network drops: bytes re-sent per drop, one {size} upload cut {dr['cuts']} times{part}", "",
+           _row("tus-js-client chunkSize", "server", "drops", "re-sent MiB per drop (mean)", "per run",
+                "server peak RSS MiB", "file intact"),
+           "|---|---|---:|---:|---|---:|---|"]
+    for chunking, servers in dr["rows"].items():
+        for name, row in servers.items():
+            shown = "**gateway**" if name == "gateway" else "@tus/server + s3-store"
+            mean = _n(row["mean_mib_per_drop"], 2)
+            runs = ", ".join([f"{v:.2f}" for v in row["per_drop_mib"]] + ["failed"] * row.get("failed", 0))
+            out.append(_row(chunking, shown, row["drops"], f"**{mean}**" if name == "gateway" else mean, runs,
+                            _n(row["peak_rss_mib"]), "yes" if row["ok"] else "**no**"))
+    out += ["", "A TCP proxy between tus-js-client (Node) and the server aborts both sides of the connection "
+            "when the bytes sent reach each of the cut points (random, the same for both servers); the client "
+            "resumes by itself (HEAD, then PATCH). Re-sent = bytes sent beyond the file, request heads left "
+            "out. The gateway keeps what it received since the last part boundary in memory "
+            "(`GATEWAY_PROXY_BUFFER`, 16 MiB) and saves it as a stash segment when the body breaks; "
+            "@tus/s3-store keeps incomplete parts in local files. File intact: S3's object has the file's "
+            "sha256; a failed run (tus-js-client gave up: four retries in a row without progress) counts "
+            "in no mean."]
+    return out
+
+
 def markdown(meta: dict[str, Any], results: dict[str, Any], notes: list[str]) -> str:
     out = ["# Benchmarks: the gateway and its peers, side by side", ""]
     out.append(f"{meta['mode']} run of `{meta['command']}` on {meta['when']}, {meta['took_s']:.0f} s: "
@@ -290,7 +316,8 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], notes: list[str]) ->
                "Ratios are the gateway's number divided by the other's (higher is better for rates and "
                "MB/s, lower for CPU and memory). Absolute numbers are this machine's; the ratios are the point.")
     out += _goals(results)
-    sections = (("signing", _signing), ("rates", _rates), ("throughput", _throughput), ("scale", _scale))
+    sections = (("signing", _signing), ("rates", _rates), ("throughput", _throughput), ("drops", drops_table),
+                ("scale", _scale))
     for key, render in sections:
         if results.get(key) is not None:
             out += render(results[key])

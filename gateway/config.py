@@ -279,6 +279,10 @@ class Settings:
     demo_page: bool = False
     # A PATCH body that sends nothing for this long is cut (a half-open mobile connection).
     body_idle_timeout: float = setting(45.0, parse_duration)
+    # Bytes of a PATCH held in memory since its last committed boundary, saved as a stash segment when
+    # the body breaks (docs/architecture.md §3.3): the most a drop can lose, and memory per connection.
+    proxy_buffer: int = setting(16 * MiB, parse_size, lambda v, s: MiB <= v <= 64 * MiB,
+                                "must be between 1MiB and 64MiB")
     # Connections, per process and listener (gateway/http/connections.py): a request head must arrive
     # whole this long after its first byte; a connection without a request is closed after the keep-alive
     # timeout (keep it above the load balancer's idle timeout, so the balancer closes first); connections

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
+from gateway.http.keys import PROXY
 from tests.support import MiB
 from tests.support.db import upload_row
 from tests.support.direct import put_part, sign_ok
-from tests.support.gateway import Gateway, upload_id
+from tests.support.gateway import Gateway, make_settings, running, upload_id
+from tests.support.proxies import TcpProxy
 from tests.support.storage import sha256, stored_sha256
 from tests.support.tokens import auth
 
@@ -189,35 +193,135 @@ async def test_direct_then_proxy_after_parts_confirmed(gateway: Gateway, db, s3)
     assert await stored_sha256(db, s3, location) == sha256(data)
 
 
-async def _raw_patch(gw: Gateway, location: str, offset: int, declared: int, sent: bytes) -> None:
-    """Send headers for `declared` bytes, then only `sent`, then drop the connection."""
+async def _open_patch(location: str, offset: int, declared: int, sent: bytes,
+                      **headers: str) -> asyncio.StreamWriter:
+    """A raw PATCH announcing `declared` bytes that sends only `sent`; the caller drops or keeps it."""
     url = urlsplit(location)
     _reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head = (f"PATCH {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nTus-Resumable: 1.0.0\r\n"
             f"Authorization: {auth()['Authorization']}\r\nContent-Type: application/offset+octet-stream\r\n"
-            f"Upload-Offset: {offset}\r\nContent-Length: {declared}\r\n\r\n")
+            f"Upload-Offset: {offset}\r\nContent-Length: {declared}\r\n{extra}\r\n")
     writer.write(head.encode() + sent)
     await writer.drain()
+    return writer
+
+
+async def _raw_patch(location: str, offset: int, declared: int, sent: bytes, **headers: str) -> None:
+    """Send headers for `declared` bytes, then only `sent`, then drop the connection (a reset)."""
+    writer = await _open_patch(location, offset, declared, sent, **headers)
     await asyncio.sleep(0.5)
     writer.transport.abort()
 
 
-async def test_dropped_connection_keeps_committed_parts(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
-    data = os.urandom(3 * PART)
-    location = await gateway.create(len(data), **HINT)
-    await _raw_patch(gateway, location, 0, len(data), data[:PART + PART // 2])
-    for _ in range(50):  # the gateway notices the drop and stops
-        async with gateway.http.head(location, headers=auth()) as response:
-            offset = int(response.headers["Upload-Offset"])
-        if offset == PART:
+async def head_offset(gw: Gateway, location: str) -> int:
+    async with gw.http.head(location, headers=auth()) as response:
+        assert response.status == 200
+        return int(response.headers["Upload-Offset"])
+
+
+async def offset_after_drop(gw: Gateway, location: str) -> int:
+    """The offset once the gateway noticed the drop and the cut PATCH has ended."""
+    for _ in range(100):
+        if upload_id(location) not in gw.app[PROXY].writers:
             break
-        await asyncio.sleep(0.1)
-    assert offset == PART  # the half part after the boundary was dropped, never counted
-    assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
-    assert await stored_sha256(db, s3, location) == sha256(data)
+        await asyncio.sleep(0.05)
+    return await head_offset(gw, location)
 
 
-async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
+async def resume(gw: Gateway, location: str, data: bytes, offset: int) -> None:
+    status, headers = await patch(gw, location, offset, data[offset:])
+    assert status == 204, headers
+    assert int(headers["Upload-Offset"]) == len(data)
+
+
+# Bytes a drop may lose: what was in flight, not yet read by the gateway (docs/architecture.md §3.3).
+IN_FLIGHT = 1 * MiB
+# Inside part 1, right after its boundary, inside part 2, just before the end.
+CUTS = [PART // 2, PART + 1000, PART + PART // 2 + 7, 3 * PART - 5]
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("cancellation", [False, True], ids=["serve", "handler-cancellation"])
+async def test_a_cut_patch_keeps_what_arrived(stack, db, s3, cut: int, cancellation: bool) -> None:  # type: ignore[no-untyped-def]
+    """A connection reset after `cut` bytes: the offset is where the body broke, under `gateway serve`
+    (the handler runs on) and under aiohttp's handler cancellation (the handler is cancelled)."""
+    data = os.urandom(3 * PART)
+    async with running(make_settings(stack), handler_cancellation=cancellation) as gw:
+        location = await gw.create(len(data), **HINT)
+        await _raw_patch(location, 0, len(data), data[:cut])
+        offset = await offset_after_drop(gw, location)
+        assert cut - IN_FLIGHT <= offset <= cut
+        await resume(gw, location, data, offset)
+        assert await stored_sha256(db, s3, location) == sha256(data)
+        assert await db.fetchval("select count(*) from upload_stash where upload_id = $1", upload_id(location)) == 0
+
+
+@pytest.mark.parametrize("cut", [MiB - 1, 2 * PART + 3 * MiB + 99])
+async def test_a_part_bigger_than_the_buffer_keeps_what_arrived(stack, db, s3, cut: int) -> None:  # type: ignore[no-untyped-def]
+    """Parts bigger than GATEWAY_PROXY_BUFFER (here 1 MiB in 5 MiB parts; 16 MiB in 64 MiB parts by
+    default): a cut anywhere keeps what arrived, and memory holds at most the buffer."""
+    data = os.urandom(3 * PART + 1234)
+    async with running(make_settings(stack, proxy_buffer=MiB), handler_cancellation=False) as gw:
+        location = await gw.create(len(data), **HINT)
+        await _raw_patch(location, 0, len(data), data[:cut])
+        offset = await offset_after_drop(gw, location)
+        assert cut - IN_FLIGHT <= offset <= cut
+        segments = await db.fetch("select size from upload_stash where upload_id = $1", upload_id(location))
+        assert all(r["size"] <= MiB for r in segments) and sum(r["size"] for r in segments) == offset % PART
+        await resume(gw, location, data, offset)
+        assert await stored_sha256(db, s3, location) == sha256(data)
+
+
+async def test_a_cut_through_a_tcp_proxy_keeps_what_arrived(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """The bench's setting: a proxy between client and gateway aborts both sides mid-body."""
+    data = os.urandom(3 * PART)
+    async with running(make_settings(stack), handler_cancellation=False) as gw:
+        location = await gw.create(len(data), **HINT)
+        cut_after = 2 * PART + 12345  # bytes client -> gateway, the request head included
+        async with TcpProxy(int(urlsplit(gw.url).port or 0), cut_after=cut_after) as proxy:
+            with contextlib.suppress(aiohttp.ClientError):
+                await patch(gw, proxy.url + urlsplit(location).path, 0, data)
+            assert proxy.cuts == 1
+        offset = await offset_after_drop(gw, location)
+        assert cut_after - IN_FLIGHT <= offset <= cut_after
+        await resume(gw, location, data, offset)
+        assert await stored_sha256(db, s3, location) == sha256(data)
+
+
+async def test_a_cut_checksummed_patch_keeps_nothing_new(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * PART)
+    digest = "sha256 " + base64.b64encode(hashlib.sha256(data[MiB:]).digest()).decode()
+    async with running(make_settings(stack), handler_cancellation=False) as gw:
+        location = await gw.create(len(data), **HINT)
+        assert (await patch(gw, location, 0, data[:MiB]))[0] == 204
+        await _raw_patch(location, MiB, len(data) - MiB, data[MiB:PART + 2 * MiB], **{"Upload-Checksum": digest})
+        await asyncio.sleep(0.5)
+        assert await head_offset(gw, location) == MiB  # as tus says: a cut checksummed body counts nothing
+        assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 0
+        status, _ = await patch(gw, location, MiB, data[MiB:], **{"Upload-Checksum": digest})
+        assert status == 204
+        assert await stored_sha256(db, s3, location) == sha256(data)
+
+
+async def test_a_head_stops_a_silent_patch(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """A drop the gateway does not see (no reset reaches it): the client's HEAD, once the body has been
+    silent for a second, stops the old PATCH and answers the offset that includes what it received."""
+    data = os.urandom(2 * PART)
+    async with running(make_settings(stack), handler_cancellation=False) as gw:
+        location = await gw.create(len(data), **HINT)
+        sent = PART + 2 * MiB + 5
+        silent = await _open_patch(location, 0, len(data), data[:sent])
+        try:
+            await asyncio.sleep(1.5)
+            assert await head_offset(gw, location) == sent
+        finally:
+            silent.transport.abort()
+        await resume(gw, location, data, sent)
+        assert await stored_sha256(db, s3, location) == sha256(data)
+
+
+async def test_newer_patch_stops_a_stalled_writer(gateway: Gateway, db, s3) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(2 * PART)
     location = await gateway.create(len(data), **HINT)
     release = asyncio.Event()
@@ -235,19 +339,20 @@ async def test_newer_patch_preempts_stalled_writer(gateway: Gateway, db, s3) -> 
 
     first = asyncio.create_task(stalled_patch())
     await asyncio.sleep(0.5)
-    # The client reconnected: its new PATCH takes over at the same offset.
+    # The client reconnected: its new PATCH stops the stalled one, which saves its 1000 bytes first, so
+    # the new one learns the real offset.
     status, headers = await patch(gateway, location, 0, data[:PART])
-    assert status == 204 and headers["Upload-Offset"] == str(PART)
+    assert status == 409 and b'"offset": 1000' in headers["_body"], headers
     release.set()
-    assert await first == 409  # the stale writer's commit is fenced off
-    assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 1
-    assert (await patch(gateway, location, PART, data[PART:]))[0] == 204
+    with contextlib.suppress(aiohttp.ClientError):
+        assert await first == 204  # it answers what it kept (its client may be gone by then)
+    assert (await patch(gateway, location, 1000, data[1000:]))[0] == 204
     assert await stored_sha256(db, s3, location) == sha256(data)
 
 
 @pytest.mark.parametrize("with_checksum", [False, True])
 async def test_chunked_bodies_are_kept_in_bounded_segments(gateway: Gateway, db, s3, with_checksum: bool) -> None:  # type: ignore[no-untyped-def]
-    """No Content-Length: S3 needs sizes up front, so bytes go to stash segments of at most 8 MiB
+    """No Content-Length: S3 needs sizes up front, so bytes go to stash segments of at most GATEWAY_PROXY_BUFFER
     (bounded memory) and become parts once whole."""
     data = os.urandom(3 * PART + 1234)
     location = await gateway.create(len(data), **HINT)
@@ -265,3 +370,19 @@ async def test_chunked_bodies_are_kept_in_bounded_segments(gateway: Gateway, db,
             assert response.status == 204
             assert response.headers["Upload-Offset"] == str(offset + len(payload))
     assert await stored_sha256(db, s3, location) == sha256(data)
+
+
+async def test_a_first_proxy_patch_lowers_the_part_size_to_the_buffer(stack, db, s3) -> None:  # type: ignore[no-untyped-def]
+    """Parts bigger than GATEWAY_PROXY_BUFFER would go to S3 twice (part + segments): a first PATCH at
+    offset 0 of an upload nothing was signed for makes the parts the buffer's size instead."""
+    data = os.urandom(3 * PART + 77)
+    async with running(make_settings(stack, proxy_buffer=PART), handler_cancellation=False) as gw:
+        location = await gw.create(len(data), **{"Upload-Part-Size": str(2 * PART)})
+        await _raw_patch(location, 0, len(data), data[:PART + 1234])
+        offset = await offset_after_drop(gw, location)
+        async with gw.http.head(location, headers=auth()) as response:
+            assert response.headers["Upload-Part-Size"] == str(PART)
+        assert PART + 1234 - IN_FLIGHT <= offset <= PART + 1234
+        assert (await upload_row(db, upload_id(location)))["prefix_parts"] == 1
+        await resume(gw, location, data, offset)
+        assert await stored_sha256(db, s3, location) == sha256(data)

@@ -2,7 +2,8 @@
 //
 //   node tus_upload.mjs '{"endpoint": "...", "token": "...", "file": "...", "chunkSize": 67108864}'
 //
-// chunkSize "Infinity" (or absent) sends the whole file in one PATCH. Prints one JSON line:
+// chunkSize "Infinity" (or absent) sends the whole file in one PATCH; retryDelays (ms) defaults to
+// [0, 1000, 3000]. Prints one JSON line:
 // {"url", "ms", "retries"}; ms is measured from start() to onSuccess, so Node's start-up is not
 // counted. On failure the message goes to stderr and the exit code is 1.
 import { createReadStream } from 'node:fs'
@@ -18,7 +19,7 @@ let started = 0
 const upload = new Upload(createReadStream(options.file), {
   endpoint: options.endpoint,
   chunkSize,
-  retryDelays: [0, 1000, 3000],
+  retryDelays: options.retryDelays ?? [0, 1000, 3000],
   metadata: { filename: 'bench.bin', filetype: 'application/octet-stream' },
   headers: options.token ? { Authorization: `Bearer ${options.token}` } : {},
   storeFingerprintForResuming: false,

@@ -29,3 +29,5 @@ class Limits:
     concat_max_partials: int
     concat_max_streamed: int
     quota: Quota | None = None
+    # Bytes a PATCH holds in memory since its last committed boundary (docs/architecture.md §3.3).
+    proxy_buffer: int = 16 * 1024 * 1024

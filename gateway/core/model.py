@@ -93,6 +93,14 @@ def plan_part_size(length: int | None, configured: int, hint: int | None) -> int
     return max(S3_MIN_PART_SIZE, min(size, S3_MAX_PART_SIZE))
 
 
+def proxy_part_size(length: int, planned: int, buffer: int) -> int | None:
+    """The part size for a known-length upload whose first bytes come through the proxy path, when it
+    is smaller than the planned one: parts no bigger than the proxy buffer are held whole in memory, so
+    a drop loses nothing and no byte goes to S3 twice (docs/architecture.md §2, §3.3). None: keep it."""
+    size = max(S3_MIN_PART_SIZE, buffer - buffer % MiB, _round_up(parts_needed(length, S3_MAX_PARTS), MiB))
+    return size if size < planned else None
+
+
 @dataclass(frozen=True)
 class ConfirmedPart:
     number: int

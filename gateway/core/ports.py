@@ -63,8 +63,10 @@ class UploadRepository(Protocol):
         still the upload's writer (None otherwise)."""
         ...
 
-    async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
-        """Make the caller the upload's only writer if the offset still matches; None otherwise."""
+    async def claim_writer(self, upload_id: str, offset: int, ttl: int, part_size: int | None = None) -> Upload | None:
+        """Make the caller the upload's only writer if the offset still matches; None otherwise. With
+        part_size, an upload nothing was written to or signed for yet (offset 0, no part recorded,
+        no part ever signed) takes that part size."""
         ...
 
     async def add_stash(self, upload_id: str, writer_gen: int, segment: StashSegment, ttl: int) -> Upload | None: ...
@@ -242,7 +244,9 @@ class CreateHook(Protocol):
 
 
 class RequestBody(Protocol):
-    """A request body as the core sees it; the http layer adapts aiohttp's stream."""
+    """A request body as the core sees it; the http layer adapts aiohttp's stream. A body may also have
+    `abort()`: the read in progress, and every later one, raises BodyInterrupted (a newer request for
+    the upload took over, docs/architecture.md §3.3)."""
 
     length: int | None
 

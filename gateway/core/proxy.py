@@ -1,11 +1,12 @@
 """The proxy path (docs/architecture.md §3.3): request bodies streamed into the upload's fixed S3 parts.
 
-- Bytes flow from the request into `UploadPart` (or a stash segment) with bounded memory; no
-  database connection is held meanwhile.
-- A part is committed once S3 holds all of it. A PATCH that arrives whole but ends inside a part
-  leaves its tail as an immutable stash segment, so any client chunk size makes progress and
-  another instance can continue. A dropped connection or a chunked body keeps only what reached a
-  committed part or stash boundary; the offset in the answer says so.
+- Bytes flow from the request into `UploadPart` (or a stash segment) with bounded memory (at most
+  `proxy_buffer` held per PATCH); no database connection is held meanwhile.
+- A part is committed once S3 holds all of it. A PATCH that ends inside a part leaves its tail as an
+  immutable stash segment, so any client chunk size makes progress and another instance can continue.
+- No lost progress: the bytes read since the last committed boundary are held in memory and saved as a
+  segment when the body breaks or the request is cancelled, so the offset in the answer (and the next
+  HEAD's: a HEAD or newer PATCH stops this process's running PATCH first) counts every byte read.
 - One writer per upload: claiming the upload bumps `writer_gen`; every commit is fenced on it, so a
   preempted PATCH cannot move the offset.
 - With `Upload-Checksum` nothing is committed until the whole body is verified: parts written to
@@ -14,7 +15,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -22,16 +25,20 @@ from gateway.core.checksums import new_hasher
 from gateway.core.completion import Completion
 from gateway.core.errors import ErrorCode, UploadError
 from gateway.core.limits import Limits
-from gateway.core.model import ConfirmedPart, Owner, StashSegment, State, Upload
+from gateway.core.model import ConfirmedPart, Owner, StashSegment, State, Upload, proxy_part_size
 from gateway.core.ports import BodyInterrupted, ByteStore, RequestBody, UploadRepository
 from gateway.core.rules import load_alive, offset_mismatch, planned_with_length, quota_exceeded, quota_headroom
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-# A body without Content-Length is kept in stash segments of at most this size (bounded memory),
-# since S3 needs the size of every object before its first byte.
-CHUNKED_SEGMENT = 8 * 1024 * 1024
+# A HEAD or PATCH of an upload whose PATCH runs here stops that PATCH once its body broke or has been
+# silent for RELEASE_IDLE (a drop the gateway has not seen), after at most RELEASE_LIVE, then waits at
+# most RELEASE_WAIT for its save (docs/architecture.md §3.3).
+RELEASE_IDLE = 1.0
+RELEASE_LIVE = 10.0
+RELEASE_WAIT = 10.0
+RELEASE_POLL = 0.02
 # More segments than this for one part are merged into one (bounds the reads a later commit needs).
 STASH_COMPACT_AFTER = 16
 
@@ -43,7 +50,10 @@ class ExpectedChecksum:
 
 
 class _Source:
-    """Hands out exact byte counts from the body, hashing what passes when a checksum is expected."""
+    """Hands out exact byte counts from the body, hashing what passes when a checksum is expected.
+
+    `release` ends the body from outside when a newer request for the same upload arrives
+    (docs/architecture.md §3.3), through the body's optional `abort()`."""
 
     def __init__(self, body: RequestBody, checksum: ExpectedChecksum | None) -> None:
         self.body = body
@@ -52,6 +62,9 @@ class _Source:
         self.received = 0
         self.ended = False
         self.interrupted = False
+        self.released = False
+        self.reading = False
+        self.last_byte = time.monotonic()
 
     @property
     def remaining(self) -> int | None:
@@ -62,45 +75,57 @@ class _Source:
         """Read to its end: neither cut nor stalled, nothing of a declared length missing."""
         return not self.interrupted and self.remaining in (None, 0)
 
+    def idle_for(self) -> float:
+        """Seconds the body has been waited for in vain (0 while the PATCH is busy elsewhere)."""
+        return time.monotonic() - self.last_byte if self.reading else 0.0
+
+    def release(self) -> None:
+        """End the body here, as if the client had dropped it."""
+        self.released = True
+        abort = getattr(self.body, "abort", None)  # without it, the body ends at its next read
+        if abort is not None:
+            abort()
+
     async def has_more(self) -> bool:
         if self.buffer:
             return True
         if self.ended:
             return False
+        if self.released:
+            self.interrupted = self.ended = True
+            return False
+        self.reading = True
         try:
             self.buffer = await self.body.read(READ_SIZE)
         except BodyInterrupted:
             self.interrupted = True
             self.buffer = b""
+        finally:
+            self.reading = False
+        if self.buffer:
+            self.last_byte = time.monotonic()
         self.ended = not self.buffer
         return not self.ended
 
-    async def read_up_to(self, count: int) -> bytes:
-        """Up to `count` bytes, fewer only at the end of the body."""
-        pieces = []
-        left = count
-        while left and await self.has_more():
-            piece, self.buffer = self.buffer[:left], self.buffer[left:]
-            pieces.append(piece)
-            left -= len(piece)
-        data = b"".join(pieces)
-        self.received += len(data)
+    async def read_piece(self, limit: int) -> bytes:
+        """The next at most `limit` bytes; b"" at the end of the body."""
+        if not await self.has_more():
+            return b""
+        piece, self.buffer = self.buffer[:limit], self.buffer[limit:]
+        self.received += len(piece)
         if self.hasher:
-            self.hasher.update(data)
-        return data
+            self.hasher.update(piece)
+        return piece
 
     async def take(self, count: int) -> AsyncIterator[bytes]:
         """Exactly `count` bytes; stops the S3 request (by raising) if the body ends first."""
         left = count
         while left:
-            if not await self.has_more():
+            piece = await self.read_piece(left)
+            if not piece:
                 self.interrupted = True
                 raise BodyInterrupted(f"body ended {left} bytes early")
-            piece, self.buffer = self.buffer[:left], self.buffer[left:]
             left -= len(piece)
-            self.received += len(piece)
-            if self.hasher:
-                self.hasher.update(piece)
             yield piece
 
 
@@ -110,6 +135,30 @@ class ProxyUploads:
         self.data = data
         self.completion = completion
         self.limits = limits
+        # This process's running PATCH of each upload, so that a HEAD or a newer PATCH can stop it and
+        # wait until it saved what it holds (docs/architecture.md §3.3).
+        self.writers: dict[str, _Patch] = {}
+
+    async def release(self, upload_id: str, owner: Owner, *, idle_for: float = RELEASE_IDLE,
+                      live_for: float = RELEASE_LIVE) -> bool:
+        """A HEAD or PATCH of an upload whose PATCH runs in this process: the client is resuming, so its
+        old body is dead or about to be. Let that PATCH read what already arrived (until its body breaks
+        or stays silent for `idle_for`, at most `live_for`), stop it, and wait (bounded) until it saved
+        what it holds, so the offset read next includes it. True if a PATCH was stopped."""
+        writer = self.writers.get(upload_id)
+        if writer is None or writer.upload.owner != owner:
+            return False
+        source = writer.source
+        deadline = time.monotonic() + live_for
+        while not source.interrupted and source.idle_for() < idle_for and time.monotonic() < deadline \
+                and not writer.done.is_set():
+            await asyncio.sleep(RELEASE_POLL)
+        source.release()
+        try:
+            await asyncio.wait_for(writer.done.wait(), RELEASE_WAIT)
+        except TimeoutError:
+            log.warning("the running PATCH of %s did not stop within %.0f s", upload_id, RELEASE_WAIT)
+        return True
 
     async def patch(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
                     declared_length: int | None = None, checksum: ExpectedChecksum | None = None) -> Upload:
@@ -121,6 +170,10 @@ class ProxyUploads:
                      declared_length: int | None, checksum: ExpectedChecksum | None) -> tuple[Upload, bool]:
         """The upload after the body, and whether the body arrived to its end (not cut or stalled)."""
         upload = await load_alive(self.repo, upload_id, owner)
+        # A newer PATCH preempts the running one anyway: let it save what it holds first, so that the
+        # checks below see the offset that includes those bytes.
+        if await self.release(upload_id, owner):
+            upload = await load_alive(self.repo, upload_id, owner)
         if upload.concat == "final":
             raise UploadError(ErrorCode.MODIFY_FINAL, "a final (concatenated) upload cannot be patched")
         if upload.state is not State.ACTIVE:
@@ -146,11 +199,20 @@ class ProxyUploads:
             upload = await self.completion.declare_length(upload, declared_length)
             if upload.state is not State.ACTIVE:
                 return upload, False
-        claimed = await self.repo.claim_writer(upload.id, offset, self.limits.upload_ttl)
+        # From the first byte on the proxy path, parts no bigger than the buffer (docs/architecture.md §2).
+        smaller = proxy_part_size(upload.length, upload.part_size, self.limits.proxy_buffer) \
+            if offset == 0 and upload.length is not None else None
+        claimed = await self.repo.claim_writer(upload.id, offset, self.limits.upload_ttl, smaller)
         if claimed is None:
             raise offset_mismatch(await load_alive(self.repo, upload_id, owner))
         writer = _Patch(self, claimed, _Source(body, checksum), checksum, limit)
-        return await writer.run(), writer.source.arrived_whole
+        self.writers[upload_id] = writer
+        try:
+            return await writer.run(), writer.source.arrived_whole
+        finally:
+            writer.done.set()
+            if self.writers.get(upload_id) is writer:
+                del self.writers[upload_id]
 
     async def append(self, upload_id: str, owner: Owner, offset: int, body: RequestBody, *,
                      complete: bool) -> Upload:
@@ -183,33 +245,63 @@ class _EmptyBody:
     async def read(self, limit: int) -> bytes:
         return b""
 
+    def abort(self) -> None:
+        pass
+
 
 class _Patch:
-    """One PATCH request's walk through the parts it fills."""
+    """One PATCH request's walk through the parts it fills.
+
+    Bytes read from the body but not yet in a committed part or segment are `held` in memory (at most
+    `proxy_buffer`): when the body breaks, is released or the request is cancelled, they become a stash
+    segment, so the offset keeps everything received (docs/architecture.md §3.3). With a checksum
+    nothing is kept on a break, so nothing is held for it."""
 
     def __init__(self, proxy: ProxyUploads, upload: Upload, source: _Source,
                  checksum: ExpectedChecksum | None, limit: int) -> None:
         self.repo = proxy.repo
         self.completion = proxy.completion
         self.key_prefix = proxy.limits.s3_key_prefix
+        self.buffer_size = proxy.limits.proxy_buffer
         self.data = proxy.data
         self.upload = upload
         self.gen = upload.writer_gen
         self.source = source
         self.checksum = checksum
+        self.keep_on_break = checksum is None
         self.limit = limit
         self.ttl = proxy.limits.upload_ttl
         self.stash = list(upload.stash)
         self.next_part = upload.prefix_parts + 1
-        self.written = upload.offset
         self.seq = max((s.seq for s in upload.stash), default=0)
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.saving = asyncio.Lock()  # one save of the held bytes at a time
+        self.closed = False  # cancelled: the held bytes are being saved, nothing more is held
+        self.failure: Exception | None = None  # what broke a save inside an UploadPart body
+        self.done = asyncio.Event()
         # With a checksum, commits wait until the body is verified.
         self.held_parts: list[ConfirmedPart] = []
         self.held_stash: list[StashSegment] = []
         self.superseded: list[str] = []
 
+    @property
+    def written(self) -> int:
+        """The upload's offset once this PATCH's parts and segments so far count (held bytes excluded)."""
+        start = (self.next_part - 1) * self.upload.part_size
+        return min(start + sum(s.size for s in self.stash), self.limit)
+
     async def run(self) -> Upload:
-        await self._stream()
+        try:
+            await self._stream()
+        except asyncio.CancelledError:
+            # The handler is cancelled (its client left under aiohttp's handler cancellation, or the
+            # shutdown timeout): the bytes received still count.
+            self.closed = True
+            self.source.interrupted = True  # a HEAD meanwhile waits for the save (ProxyUploads.release)
+            if self.keep_on_break and self.held_size:
+                await asyncio.shield(self._store_held(compact=False))
+            raise
         if self.source.interrupted:
             log.info("PATCH on %s ended early; kept %d bytes", self.upload.id, self.written)
         if self.checksum is not None:
@@ -222,6 +314,8 @@ class _Patch:
     async def _stream(self) -> None:
         upload = self.upload
         while upload.part_count is None or self.next_part <= upload.part_count:
+            if self.source.interrupted:
+                return  # what arrived is saved; an UploadPart now could only fail
             part_length = upload.part_range(self.next_part)[1]
             need = part_length - sum(s.size for s in self.stash)
             remaining = self.source.remaining
@@ -229,66 +323,100 @@ class _Patch:
             if need > 0 and (self.written >= self.limit or remaining == 0
                              or (remaining is None and not await self.source.has_more())):
                 return
-            if remaining is None and need > 0:
-                if not await self._write_unsized(need):
+            if need == 0 or (remaining is not None and remaining >= need):
+                if not await self._write_part(part_length, need):
                     return
-            elif remaining is not None and remaining < need:
-                await self._write_stash(remaining)
-                return
-            elif not await self._write_part(part_length, need):
+            elif not await self._write_buffered(need):
                 return
 
-    async def _write_unsized(self, need: int) -> bool:
-        """A chunked body: read at most a bounded segment, then make it a part or a stash segment."""
-        data = await self.source.read_up_to(min(need, CHUNKED_SEGMENT, self.limit - self.written))
-        if not data:
+    async def _write_buffered(self, need: int) -> bool:
+        """A chunked body (S3 needs every size up front) or a sized body that ends inside the part:
+        read at most the buffer into memory, then make it the part or a stash segment."""
+        want = min(need, self.buffer_size, self.limit - self.written)
+        while self.held_size < want and (piece := await self.source.read_piece(want - self.held_size)):
+            self.held.append(piece)
+            self.held_size += len(piece)
+        if not self.held_size:
             return False
-        if self.written + len(data) >= self.limit and await self.source.has_more():
+        if self.written + self.held_size >= self.limit and await self.source.has_more():
             # The body runs past the upload's end: refuse before the last part could complete the
             # upload with the wrong bytes (whole parts before it stay, as the offset says).
             raise UploadError(ErrorCode.MAX_SIZE_EXCEEDED, "the body goes past the upload's end",
                               details={"offset": self.upload.offset})
-        if len(data) == need:
-            return await self._write_part(need + sum(s.size for s in self.stash), need, _once(data))
-        await self._write_stash(len(data), _once(data))
+        if self.source.interrupted and not self.keep_on_break:
+            return False  # a cut checksummed body keeps nothing
+        if self.held_size == need:
+            return await self._write_part(need + sum(s.size for s in self.stash), need, list(self.held))
+        await asyncio.shield(self._store_held(compact=True))
         return True
 
-    async def _write_part(self, part_length: int, need: int, tail: AsyncIterator[bytes] | None = None) -> bool:
-        if tail is None and need:
-            tail = self.source.take(need)
-        body = self._chain(self.stash, tail)
+    async def _write_part(self, part_length: int, need: int, tail: list[bytes] | None = None) -> bool:
+        """UploadPart of exactly the part's size: the stash segments, then `tail` (held in memory) or
+        `need` bytes streamed from the body (and held as they pass, unless a checksum is expected)."""
+        body_tail: AsyncIterator[bytes] | None = None
+        if tail is not None:
+            body_tail = _iterate(tail)
+        elif need:
+            body_tail = self._hold(self.source.take(need)) if self.keep_on_break else self.source.take(need)
+        body = self._chain(list(self.stash), body_tail)
         try:
             etag = await self.data.upload_part(self.upload.key, self.upload.multipart_id or "", self.next_part,
                                                part_length, body)
         except Exception:
+            if self.failure is not None:
+                raise self.failure from None
             if self.source.interrupted:
-                return False  # bytes after the last boundary are dropped; the offset says so
+                # The part could not be whole: what arrived of it becomes a segment (none with a checksum).
+                if self.keep_on_break and self.held_size:
+                    await asyncio.shield(self._store_held(compact=False))
+                return False
             raise
         part = ConfirmedPart(self.next_part, part_length, etag)
-        self.superseded.extend(s.key for s in self.stash)
+        superseded = [s.key for s in self.stash]
+        self.held, self.held_size = [], 0
         self.stash = []
         self.next_part += 1
-        self.written += need
         if self.checksum is not None:
             self.held_parts.append(part)
+            self.superseded.extend(superseded)
         else:
             await self._commit_parts([part])
+            await self._discard(superseded)  # at once: a long PATCH would pile them up
         return True
 
-    async def _write_stash(self, size: int, body: AsyncIterator[bytes] | None = None) -> None:
-        segment = self._new_segment(size)
-        try:
-            await self.data.put_object(segment.key, size, body or self.source.take(size))
-        except Exception:
-            if self.source.interrupted:
+    async def _hold(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass the body on to UploadPart, keeping a copy of what passed until the part is committed.
+        A part bigger than the buffer is saved a buffer at a time as stash segments meanwhile (each
+        buffer is then written twice; the part's commit supersedes them)."""
+        async for piece in pieces:
+            if self.closed:
+                raise BodyInterrupted("the request was cancelled")
+            if self.held_size + len(piece) > self.buffer_size:
+                try:
+                    await asyncio.shield(self._store_held(compact=False))
+                except Exception as exc:  # raised again by _write_part: aiohttp wraps what a body raises
+                    self.failure = exc
+                    raise
+            self.held.append(piece)
+            self.held_size += len(piece)
+            yield piece
+
+    async def _store_held(self, *, compact: bool) -> None:
+        """The held bytes as one stash segment, committed (fenced) at once or, with a checksum, once
+        verified. Runs shielded: a cancelled request must not lose track of a commit it made."""
+        async with self.saving:
+            if not self.held_size:
                 return
-            raise
-        self.written += size
-        if self.checksum is not None:
-            self.held_stash.append(segment)
-            self.stash.append(segment)  # a later part of this PATCH is built on it
-            return
-        await self._commit_stash(segment)
+            pieces, size = list(self.held), self.held_size
+            segment = self._new_segment(size)
+            await self.data.put_object(segment.key, size, _iterate(pieces))
+            if self.checksum is not None:
+                self.held_stash.append(segment)
+                self.stash.append(segment)  # a later part of this PATCH is built on it
+            else:
+                await self._commit_stash(segment, compact=compact)
+            del self.held[:len(pieces)]
+            self.held_size -= size
 
     def _new_segment(self, size: int) -> StashSegment:
         self.seq += 1
@@ -311,14 +439,15 @@ class _Patch:
             raise _preempted()
         self.upload = recorded
 
-    async def _commit_stash(self, segment: StashSegment) -> None:
+    async def _commit_stash(self, segment: StashSegment, *, compact: bool = True) -> None:
         upload = await self.repo.add_stash(self.upload.id, self.gen, segment, self.ttl)
         if upload is None:
             await self._discard([segment.key])
             raise _preempted()
         self.upload = upload
         self.stash.append(segment)
-        if len(self.stash) > STASH_COMPACT_AFTER:
+        # Not while a part is streaming or a break is being saved: the part's commit supersedes them.
+        if compact and len(self.stash) > STASH_COMPACT_AFTER:
             await self._compact()
 
     async def _compact(self) -> None:
@@ -364,8 +493,9 @@ class _Patch:
             log.warning("could not delete superseded stash objects of %s: %s", self.upload.id, exc)
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+async def _iterate(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
 
 
 def _preempted() -> UploadError:

@@ -223,6 +223,8 @@ class UploadService:
         # Everything is checked against the upload as the declared length makes it, before any write.
         planned = planned_with_length(upload, length, self.limits.max_upload_size)
         numbers = [r.number for r in requests]
+        if numbers and planned.length == 0:
+            raise UploadError(ErrorCode.UNKNOWN_PART, "an empty upload has no parts to sign")
         if len(set(numbers)) != len(numbers):
             raise UploadError(ErrorCode.INVALID_REQUEST, "a part number appears twice")
         headroom = await quota_headroom(self.repo, planned)

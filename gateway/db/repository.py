@@ -134,8 +134,13 @@ _CONFIRM = f"""
 
 # A new writer preempts the current one; signed parts past the prefix stop counting for reconcile,
 # since the proxy path may now write those part numbers.
+# With $4, a first PATCH lowers the part size of an upload nothing was written to or signed for yet
+# (docs/architecture.md §2).
 _CLAIM_WRITER = _returning(f"""
     update uploads u set writer_gen = writer_gen + 1, signed_max_part = prefix_parts,
+                         part_size = case when $4::bigint is not null and $2 = 0 and u.signed_max_part = 0
+                                               and not exists (select 1 from upload_parts p where p.upload_id = u.id)
+                                          then $4 else u.part_size end,
                          expires_at = least(now() + make_interval(secs => $3::float8), max_expires_at),
                          updated_at = now()
     where id = $1 and state = 'active' and expires_at > now()
@@ -337,8 +342,8 @@ class PgUploadRepository:
         BYTES_CONFIRMED.labels("direct" if writer_gen is None else "proxy").inc(sum(p.size for p in parts))
         return ConfirmResult(_to_upload(row), row["started_completing"])
 
-    async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
-        return await self._fetch_upload(_CLAIM_WRITER, upload_id, offset, ttl)
+    async def claim_writer(self, upload_id: str, offset: int, ttl: int, part_size: int | None = None) -> Upload | None:
+        return await self._fetch_upload(_CLAIM_WRITER, upload_id, offset, ttl, part_size)
 
     async def add_stash(self, upload_id: str, writer_gen: int, segment: StashSegment, ttl: int) -> Upload | None:
         # Two statements in one transaction: a statement cannot read the stash row it inserts.

@@ -117,6 +117,10 @@ class RequestBodyStream:
         self.length = request.content_length
         self.idle_timeout = request.app[SETTINGS].body_idle_timeout
 
+    def abort(self) -> None:
+        """A newer request for this upload took over: end the body (the pending read raises)."""
+        self.content.set_exception(BodyInterrupted("a newer request for this upload took over"))
+
     async def read(self, limit: int) -> bytes:
         try:
             return await asyncio.wait_for(self.content.read(limit), self.idle_timeout)

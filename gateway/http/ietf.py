@@ -173,7 +173,9 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def head(request: web.Request) -> web.Response:
-    upload = await request.app[SERVICE].status(upload_id_of(request), owner_of(request))
+    upload_id, owner = upload_id_of(request), owner_of(request)
+    await request.app[PROXY].release(upload_id, owner)  # a resuming client: see tus.head
+    upload = await request.app[SERVICE].status(upload_id, owner)
     return web.Response(status=204, headers={**_state_headers(request, upload), "Cache-Control": "no-store"})
 
 

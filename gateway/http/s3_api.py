@@ -154,6 +154,9 @@ class _Skipping:
         self.skip = skip
         self.length = None if body.length is None else body.length - skip
 
+    def abort(self) -> None:
+        self.body.abort()
+
     async def read(self, limit: int) -> bytes:
         while self.skip:
             dropped = await self.body.read(min(self.skip, 1024 * 1024))

@@ -232,7 +232,11 @@ def _created(request: web.Request, upload: Upload) -> web.Response:
 
 
 async def head(request: web.Request) -> web.Response:
-    upload = await request.app[SERVICE].status(upload_id_of(request), owner_of(request))
+    upload_id, owner = upload_id_of(request), owner_of(request)
+    # A client resuming after a drop: this process's PATCH of the upload saves what it holds first, so
+    # the offset includes it (docs/architecture.md §3.3).
+    await request.app[PROXY].release(upload_id, owner)
+    upload = await request.app[SERVICE].status(upload_id, owner)
     headers = upload_headers(request, upload)
     headers["Cache-Control"] = "no-store"
     return web.Response(status=200, headers=headers)

@@ -270,13 +270,15 @@ class MemoryRepository:
         self._slide(row, ttl, now)
         return ConfirmResult(self._upload(row, now), row.state is State.COMPLETING)
 
-    async def claim_writer(self, upload_id: str, offset: int, ttl: int) -> Upload | None:
+    async def claim_writer(self, upload_id: str, offset: int, ttl: int, part_size: int | None = None) -> Upload | None:
         await self._yield()
         now = self._now()
         row = self.rows.get(upload_id)
         if (row is None or row.state is not State.ACTIVE or row.expires_at <= now
                 or row.prefix_parts * row.new.part_size + sum(s.size for s in row.stash) != offset):
             return None
+        if part_size is not None and offset == 0 and row.signed_max_part == 0 and not row.parts:
+            row.new = replace(row.new, part_size=part_size)
         row.writer_gen += 1
         row.signed_max_part = row.prefix_parts
         self._slide(row, ttl, now)
@@ -807,7 +809,8 @@ def build_world(*, create_hook: CreateHook | None = None, completion_retry_after
 
 class BytesBody:
     """A RequestBody over bytes, read in the sizes the core asks for; `length=None` is a chunked body.
-    `interrupt_after` raises BodyInterrupted once that many bytes were handed out (a dropped connection)."""
+    `interrupt_after` raises BodyInterrupted once that many bytes were handed out (a dropped connection);
+    so does every read after `abort()`."""
 
     def __init__(self, data: bytes, *, sized: bool = True, interrupt_after: int | None = None,
                  chunk: int | None = None) -> None:
@@ -816,9 +819,16 @@ class BytesBody:
         self.position = 0
         self.interrupt_after = interrupt_after
         self.chunk = chunk
+        self.aborted = asyncio.Event()
+
+    def abort(self) -> None:
+        """As RequestBodyStream.abort: every read from now on raises BodyInterrupted."""
+        self.aborted.set()
 
     async def read(self, limit: int) -> bytes:
         await asyncio.sleep(0)
+        if self.aborted.is_set():
+            raise BodyInterrupted("aborted")
         end = len(self.data) if self.interrupt_after is None else self.interrupt_after
         if self.position >= end and self.interrupt_after is not None:
             raise BodyInterrupted("connection dropped")

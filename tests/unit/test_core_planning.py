@@ -173,6 +173,17 @@ async def test_declaring_a_length_the_parts_already_cover_completes(world: World
     assert world.store.object_bytes(upload.key) == data
 
 
+async def test_a_deferred_upload_declared_empty_by_sign(world: World) -> None:
+    upload = await world.create(None, part_size=PART)
+    # Parts of an empty upload: refused before anything changes (the fuzzer's find).
+    refused = await error_of(world.uploads.sign(upload.id, ALICE, [PartRequest(1)], 0))
+    assert refused.code is ErrorCode.UNKNOWN_PART
+    assert (await world.uploads.status(upload.id, ALICE)).length is None
+    await world.uploads.sign(upload.id, ALICE, [], 0)
+    done = await world.uploads.status(upload.id, ALICE)
+    assert (done.state, done.length, world.store.object_bytes(upload.key)) == (State.COMPLETED, 0, b"")
+
+
 async def test_deferred_upload_cannot_sign_parts_past_the_maximum_size() -> None:
     world = build_world(max_upload_size=20 * MiB)
     upload = await world.create(None, part_size=PART)

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import hashlib
 
+import pytest
+
 from gateway.core.errors import ErrorCode, UploadError
-from gateway.core.model import MiB, State, Upload
+from gateway.core.model import MiB, State, Upload, proxy_part_size
+from gateway.core.ports import BodyInterrupted
 from gateway.core.proxy import STASH_COMPACT_AFTER, ExpectedChecksum
 from gateway.core.uploads import PartRequest
-from tests.support.memory import ALICE, BytesBody, World, error_of, payload
+from tests.support.memory import ALICE, BOB, BytesBody, World, build_world, error_of, payload
 
 PART = 5 * MiB
 
@@ -27,7 +30,14 @@ class StallingBody(BytesBody):
     async def read(self, limit: int) -> bytes:
         if self.position >= self.stall_at and not self.release.is_set():
             self.stalled.set()
-            await self.release.wait()
+            waits = [asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(self.aborted.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if self.aborted.is_set():
+            raise BodyInterrupted("aborted")
         end = self.stall_at if not self.release.is_set() else len(self.data)
         piece = self.data[self.position:min(end, self.position + limit)]
         self.position += len(piece)
@@ -84,19 +94,20 @@ async def test_body_past_the_end_is_refused_before_writing(world: World) -> None
     assert world.store.multipart[upload.multipart_id or ""].parts == {}
 
 
-async def test_newer_writer_preempts_a_stalled_one(world: World) -> None:
+async def test_newer_patch_stops_a_stalled_one_which_keeps_what_it_received(world: World) -> None:
     data = payload(2 * PART)
     upload = await world.create(len(data), part_size=PART)
     stalled_body = StallingBody(data[:PART], stall_at=1000)
     stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body))
     await stalled_body.stalled.wait()
-    # The client reconnected: a new PATCH at the same offset takes over.
-    assert (await patch(world, upload, 0, data[:PART])).offset == PART
-    stalled_body.release.set()
-    assert (await error_of(stalled)).code is ErrorCode.WRITER_PREEMPTED
-    assert (await world.uploads.status(upload.id, ALICE)).offset == PART
-    await patch(world, upload, PART, data[PART:])
+    # The client reconnected and PATCHes from the offset it last knew: the running PATCH is stopped and
+    # saves its 1000 bytes first, so the new one is told the real offset.
+    error = await error_of(patch(world, upload, 0, data[:PART]))
+    assert error.code is ErrorCode.OFFSET_MISMATCH and error.details == {"offset": 1000}
+    assert (await stalled).offset == 1000
+    assert (await patch(world, upload, 1000, data[1000:])).offset == len(data)
     assert world.store.object_bytes(upload.key) == data
+    assert stash_objects(world, upload) == []
 
 
 async def test_preempted_stash_is_not_kept(world: World) -> None:
@@ -105,12 +116,14 @@ async def test_preempted_stash_is_not_kept(world: World) -> None:
     stalled_body = StallingBody(data[:2 * MiB], stall_at=1000)
     stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body))
     await stalled_body.stalled.wait()
-    newer = await patch(world, upload, 0, data[:3 * MiB])
+    # Another instance's PATCH takes over (this process cannot stop the stalled one for it).
+    claimed = await world.repo.claim_writer(upload.id, 0, 60)
+    assert claimed is not None
     stalled_body.release.set()
     assert (await error_of(stalled)).code is ErrorCode.WRITER_PREEMPTED
     current = await world.uploads.status(upload.id, ALICE)
-    assert current.offset == 3 * MiB and current.stash == newer.stash
-    assert stash_objects(world, upload) == [newer.stash[0].key]  # the stale segment was deleted
+    assert (current.offset, current.stash) == (0, ())
+    assert stash_objects(world, upload) == []  # the stale segment was deleted
 
 
 async def test_a_claim_by_another_instance_fences_the_running_patch(world: World) -> None:
@@ -131,14 +144,130 @@ async def test_a_patch_at_a_stale_offset_is_a_mismatch(world: World) -> None:
     assert error.code is ErrorCode.OFFSET_MISMATCH and error.details == {"offset": MiB}
 
 
-async def test_dropped_connection_keeps_committed_parts(world: World) -> None:
+@pytest.mark.parametrize("cut", [1, MiB + 3, PART, PART + 1, PART + 2 * MiB, 2 * PART - 1])
+async def test_a_dropped_body_keeps_every_byte_received(world: World, cut: int) -> None:
+    """Inside a part, at a boundary, just after one: the offset is where the body broke."""
     data = payload(2 * PART)
     upload = await world.create(len(data), part_size=PART)
-    body = BytesBody(data, interrupt_after=PART + 2 * MiB)
-    kept = await world.proxy.patch(upload.id, ALICE, 0, body)
-    assert kept.offset == PART  # bytes after the last boundary are dropped, never counted
-    await patch(world, upload, PART, data[PART:])
+    kept = await world.proxy.patch(upload.id, ALICE, 0, BytesBody(data, interrupt_after=cut))
+    assert kept.offset == cut
+    assert (kept.prefix_parts, kept.stash_bytes) == divmod(cut, PART)
+    assert (await world.proxy.patch(upload.id, ALICE, cut, BytesBody(data[cut:]))).offset == len(data)
     assert world.store.object_bytes(upload.key) == data
+    assert stash_objects(world, upload) == []
+
+
+async def test_a_part_bigger_than_the_buffer_is_saved_a_buffer_at_a_time(world: World) -> None:
+    world = build_world(proxy_buffer=MiB)
+    data = payload(2 * PART + 123)
+    upload = await world.create(len(data), part_size=PART)
+    cut = PART + 3 * MiB + 1000
+    puts: list[int] = []
+    put_object = world.store.put_object
+
+    async def recording_put(key: str, size: int, body):  # type: ignore[no-untyped-def]
+        puts.append(size)
+        await put_object(key, size, body)
+
+    world.store.put_object = recording_put  # type: ignore[method-assign]
+    kept = await world.proxy.patch(upload.id, ALICE, 0, BytesBody(data, interrupt_after=cut))
+    assert kept.offset == cut
+    # Part 1 streamed whole (its segments superseded and deleted); part 2 kept in buffer-sized segments.
+    assert max(puts) <= MiB and [s.size for s in kept.stash] == [MiB, MiB, MiB, 1000]
+    assert len(stash_objects(world, upload)) == 4
+    done = await world.proxy.patch(upload.id, ALICE, cut, BytesBody(data[cut:]))
+    assert done.offset == len(data)
+    assert world.store.object_bytes(upload.key) == data
+    assert stash_objects(world, upload) == []
+
+
+async def test_a_cut_chunked_body_keeps_what_it_sent(world: World) -> None:
+    data = payload(2 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    cut = PART + MiB + 77
+    kept = await world.proxy.patch(upload.id, ALICE, 0, BytesBody(data, sized=False, interrupt_after=cut,
+                                                                  chunk=70_000))
+    assert kept.offset == cut
+    rest = BytesBody(data[cut:], sized=False, chunk=70_000)
+    assert (await world.proxy.patch(upload.id, ALICE, cut, rest)).offset == len(data)
+    assert world.store.object_bytes(upload.key) == data
+
+
+async def test_a_cut_checksummed_body_keeps_nothing_new(world: World) -> None:
+    data = payload(3 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    await patch(world, upload, 0, data[:MiB])
+    body = data[MiB:]
+    checksum = ExpectedChecksum("sha256", hashlib.sha256(body).digest())
+    after = await world.proxy.patch(upload.id, ALICE, MiB, BytesBody(body, interrupt_after=PART + 2 * MiB),
+                                    checksum=checksum)
+    assert (after.offset, after.prefix_parts) == (MiB, 0)  # the earlier stash stays, nothing new counts
+    assert len(stash_objects(world, upload)) == 1
+    assert (await patch(world, upload, MiB, body, checksum=checksum)).offset == len(data)
+    assert world.store.object_bytes(upload.key) == data
+
+
+async def test_a_head_stops_a_silent_patch_and_sees_what_it_saved(world: World) -> None:
+    data = payload(2 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    stalled_body = StallingBody(data, stall_at=PART + 300_000)
+    stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body))
+    await stalled_body.stalled.wait()
+    assert not await world.proxy.release(upload.id, BOB)  # another owner's request does nothing
+    assert (await world.uploads.status(upload.id, ALICE)).offset == PART
+    # The body has been silent: the HEAD stops the PATCH, which saves the 300,000 bytes it holds.
+    assert await world.proxy.release(upload.id, ALICE, idle_for=0.01)
+    assert (await world.uploads.status(upload.id, ALICE)).offset == PART + 300_000
+    assert (await stalled).offset == PART + 300_000
+    assert world.proxy.writers == {}
+
+
+class TricklingBody(BytesBody):
+    """A live client: 64 KiB every 10 ms, never silent."""
+
+    async def read(self, limit: int) -> bytes:
+        await asyncio.sleep(0.01)
+        return await super().read(min(limit, 64 * 1024))
+
+
+async def test_a_head_lets_a_live_patch_read_on_then_stops_it(world: World) -> None:
+    data = payload(PART)
+    upload = await world.create(len(data), part_size=PART)
+    body = TricklingBody(data)
+    running = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, body))
+    await asyncio.sleep(0.05)
+    # Bytes keep coming: the PATCH reads on for `live_for`, then stops and saves everything it read.
+    assert await world.proxy.release(upload.id, ALICE, idle_for=60, live_for=0.2)
+    kept = await running
+    assert kept.offset == body.position > 64 * 1024
+    assert (await world.uploads.status(upload.id, ALICE)).offset == kept.offset
+
+
+async def test_a_cancelled_patch_saves_what_it_holds(world: World) -> None:
+    data = payload(2 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    stalled_body = StallingBody(data, stall_at=PART + 123_456)
+    stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body))
+    await stalled_body.stalled.wait()
+    stalled.cancel()  # aiohttp's handler cancellation, or the shutdown timeout
+    with contextlib.suppress(asyncio.CancelledError):
+        await stalled
+    assert (await world.uploads.status(upload.id, ALICE)).offset == PART + 123_456
+    await patch(world, upload, PART + 123_456, data[PART + 123_456:])
+    assert world.store.object_bytes(upload.key) == data
+
+
+async def test_a_cancelled_checksummed_patch_keeps_nothing(world: World) -> None:
+    data = payload(2 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    stalled_body = StallingBody(data, stall_at=3 * MiB)
+    checksum = ExpectedChecksum("md5", hashlib.md5(data).digest())
+    stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body, checksum=checksum))
+    await stalled_body.stalled.wait()
+    stalled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stalled
+    assert (await world.uploads.status(upload.id, ALICE)).offset == 0
 
 
 async def test_chunked_body_without_length(world: World) -> None:
@@ -295,3 +424,45 @@ async def test_interrupted_chunked_final_append_does_not_complete(world: World) 
     stored = await world.repo.get(upload.id)
     assert stored is not None
     assert (stored.state, stored.length) == (State.ACTIVE, None)  # the client resumes from HEAD
+
+
+async def test_a_save_inside_a_streaming_part_is_fenced_too(world: World) -> None:
+    """A part bigger than the buffer saves segments while its UploadPart streams; once another instance
+    took over, the next save is fenced and the PATCH ends as preempted, keeping nothing more."""
+    world = build_world(proxy_buffer=MiB)
+    data = payload(2 * PART)
+    upload = await world.create(len(data), part_size=PART)
+    stalled_body = StallingBody(data, stall_at=2 * MiB + 1000)
+    stalled = asyncio.create_task(world.proxy.patch(upload.id, ALICE, 0, stalled_body))
+    await stalled_body.stalled.wait()
+    assert (await world.uploads.status(upload.id, ALICE)).offset == 2 * MiB  # two saved segments
+    assert await world.repo.claim_writer(upload.id, 2 * MiB, 60) is not None
+    stalled_body.release.set()
+    assert (await error_of(stalled)).code is ErrorCode.WRITER_PREEMPTED
+    after = await world.uploads.status(upload.id, ALICE)
+    assert (after.offset, after.prefix_parts) == (2 * MiB, 0)
+    assert sorted(stash_objects(world, upload)) == sorted(s.key for s in after.stash)
+    await world.proxy.patch(upload.id, ALICE, 2 * MiB, BytesBody(data[2 * MiB:]))
+    assert world.store.object_bytes(upload.key) == data
+
+
+async def test_a_first_proxy_patch_lowers_the_part_size_to_the_buffer(world: World) -> None:
+    """Parts bigger than the buffer would be written twice; from the first byte on, the proxy path uses
+    parts no bigger than the buffer instead (an upload nothing was written to or signed for yet)."""
+    world = build_world(proxy_buffer=8 * MiB)
+    data = payload(30 * MiB + 5)
+    upload = await world.create(len(data), part_size=16 * MiB)
+    cut = 9 * MiB + 77
+    first = await world.proxy.patch(upload.id, ALICE, 0, BytesBody(data, interrupt_after=cut))
+    assert (first.part_size, first.offset, first.prefix_parts) == (8 * MiB, cut, 1)
+    later = await world.proxy.patch(upload.id, ALICE, cut, BytesBody(data[cut:]))
+    assert (later.part_size, later.offset) == (8 * MiB, len(data))
+    assert world.store.object_bytes(upload.key) == data
+    # Later PATCHes, or an upload that had parts signed, keep their part size.
+    signed = await world.create(len(data), part_size=16 * MiB)
+    await world.uploads.sign(signed.id, ALICE, [PartRequest(1)], None)
+    world.clock.advance(world.limits.presign_ttl + 1)
+    assert (await patch(world, signed, 0, data[:MiB])).part_size == 16 * MiB
+    assert proxy_part_size(len(data), 16 * MiB, 8 * MiB) == 8 * MiB
+    assert proxy_part_size(len(data), 16 * MiB, 32 * MiB) is None  # never larger than planned
+    assert proxy_part_size(200 * 1024 * MiB, 64 * MiB, 16 * MiB) == 21 * MiB  # 10,000 parts at most
