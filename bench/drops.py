@@ -37,80 +37,14 @@ from gateway.config import Settings as GatewaySettings
 from gateway.config import parse_size
 from gateway.core.model import plan_part_size, proxy_part_size
 from gateway.embedded import s3_client
+from tests.support.proxies import TcpProxy  # the tests' TCP relay, with its cut points
 
-METHODS = (b"POST ", b"PATCH ", b"HEAD ", b"OPTIONS ", b"GET ", b"DELETE ")
 # tus-js-client's own default (bench/peers/tus_upload.mjs sets a shorter one for the other sections).
 RETRY_DELAYS = [0, 1000, 3000, 5000]
 CHUNKINGS = {"Infinity (one PATCH)": "Infinity", "10 MiB PATCHes": str(10 * MiB)}
 
 
-class CuttingProxy:
-    """A TCP relay to 127.0.0.1:`target` that aborts both sides of the connection in use once the bytes
-    relayed client->server (over all connections) reach each of `cuts`."""
-
-    def __init__(self, target: int, cuts: list[int]) -> None:
-        self.target = target
-        self.cuts = sorted(cuts)
-        self.done = 0
-        self.upstream = 0
-        self.heads = 0  # bytes of request heads, not counted as re-sent
-        self.server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def __aenter__(self) -> CuttingProxy:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            client_writer.transport.abort()
-            return
-
-        async def upstream() -> None:
-            while data := await client_reader.read(256 * 1024):
-                if data.startswith(METHODS) and (end := data.find(b"\r\n\r\n")) >= 0:
-                    self.heads += end + 4
-                if self.done < len(self.cuts) and self.upstream + len(data) >= self.cuts[self.done]:
-                    keep = self.cuts[self.done] - self.upstream
-                    server_writer.write(data[:keep])
-                    await server_writer.drain()
-                    self.upstream += keep
-                    self.done += 1
-                    client_writer.transport.abort()
-                    server_writer.transport.abort()
-                    return
-                self.upstream += len(data)
-                server_writer.write(data)
-                await server_writer.drain()
-            if server_writer.can_write_eof():
-                server_writer.write_eof()
-
-        async def downstream() -> None:
-            while data := await server_reader.read(256 * 1024):
-                client_writer.write(data)
-                await client_writer.drain()
-            client_writer.close()
-
-        try:
-            await asyncio.gather(upstream(), downstream())
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            client_writer.transport.abort()
-            server_writer.transport.abort()
-
-
-async def _upload_through(proxy: CuttingProxy, node_cache: Path, token: str | None, path: Path,
+async def _upload_through(proxy: TcpProxy, node_cache: Path, token: str | None, path: Path,
                           chunk: str) -> dict[str, Any]:
     async with proxy:
         options = {"endpoint": f"http://127.0.0.1:{proxy.port}/files", "token": token, "file": str(path),
@@ -157,7 +91,7 @@ def measure(gw: RunningGateway, tus_url: str, tus_pid: int, node_cache: Path, wo
             for label, chunk in CHUNKINGS.items():
                 points = [rng.randrange(1, size) for _ in range(cuts)]  # the same points for both servers
                 for name, (url, token, pid) in servers.items():
-                    proxy = CuttingProxy(int(url.rsplit(":", 1)[1]), points)
+                    proxy = TcpProxy(int(url.rsplit(":", 1)[1]), cut_at=points)
                     meter = Meter({name: pid})
                     row = rows.setdefault(label, {}).setdefault(name, {
                         "drops": 0, "resent_bytes": 0, "per_drop_mib": [], "peak_rss_mib": 0.0, "ok": True,
@@ -176,23 +110,23 @@ def measure(gw: RunningGateway, tus_url: str, tus_pid: int, node_cache: Path, wo
                         row["failed"] += 1
                         row["ok"] = False
                         row["peak_rss_mib"] = max(row["peak_rss_mib"], usage[name].peak_rss_mib)
-                        log(f"  {label:>22} {name:>10}: the upload FAILED after {proxy.done} drops: {failure}")
+                        log(f"  {label:>22} {name:>10}: the upload FAILED after {proxy.cuts} drops: {failure}")
                         if notes is not None:
-                            notes.append(f"drops {label} {name}: tus-js-client gave up after {proxy.done} "
+                            notes.append(f"drops {label} {name}: tus-js-client gave up after {proxy.cuts} "
                                          f"drops: {failure}")
                         continue
                     key = answer["url"].rsplit("/", 1)[1] if name == "tus-server" else \
                         asyncio.run(_gateway_key(gw, answer["url"]))
                     ok = _stored_sha256(gw, key) == expected
-                    resent = proxy.upstream - proxy.heads - size
-                    row["drops"] += proxy.done
+                    resent = proxy.upstream - proxy.head_bytes - size
+                    row["drops"] += proxy.cuts
                     row["resent_bytes"] += resent
-                    row["per_drop_mib"].append(resent / max(proxy.done, 1) / MiB)
+                    row["per_drop_mib"].append(resent / max(proxy.cuts, 1) / MiB)
                     row["peak_rss_mib"] = max(row["peak_rss_mib"], usage[name].peak_rss_mib)
-                    row["ok"] = row["ok"] and ok and proxy.done == cuts
+                    row["ok"] = row["ok"] and ok and proxy.cuts == cuts
                     row["seconds"].append(seconds)
-                    log(f"  {label:>22} {name:>10}: {proxy.done} drops, re-sent {resent / MiB:7.2f} MiB "
-                        f"({resent / max(proxy.done, 1) / MiB:.2f} MiB per drop), peak RSS "
+                    log(f"  {label:>22} {name:>10}: {proxy.cuts} drops, re-sent {resent / MiB:7.2f} MiB "
+                        f"({resent / max(proxy.cuts, 1) / MiB:.2f} MiB per drop), peak RSS "
                         f"{usage[name].peak_rss_mib:.0f} MiB, {seconds:.1f} s, sha256 {'ok' if ok else 'WRONG'}")
                     if not ok and notes is not None:
                         notes.append(f"drops {label} {name}: the stored object does not match the file")

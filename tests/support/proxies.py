@@ -1,7 +1,8 @@
 """Proxies the tests put between a client and a server, to see and to break what goes across.
 
 `TcpProxy` relays TCP to a target (the gateway): it counts bytes each way, records the head of every
-HTTP request, and with `cut_after` aborts both sides once after that many client->server bytes.
+HTTP request, and with `cut_after` (or several `cut_at` points) aborts both sides of the connection in use
+once that many client->server bytes went across (bench/drops.py uses it too).
 
 `S3Proxy` is an HTTP relay in front of S3 that passes every request on unchanged (Host kept, so SigV4
 signatures hold), counts PUT bodies, and injects S3's own faults: a 403 for chosen part PUTs (as for an
@@ -11,7 +12,7 @@ expired URL) and a 200 with an <Error> body for CompleteMultipartUpload (as AWS 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -46,18 +47,21 @@ class TcpProxy:
     `upstream`/`downstream` count the bytes relayed client->server and server->client, `connections`
     the connections accepted, `heads` the head of every request (a request starts with a fresh read).
     With `cut_after`, once that many bytes went upstream it awaits `before_cut(proxy)` and aborts both
-    sides of that connection (`cuts` counts it); later connections are relayed in full.
-    Use `async with TcpProxy(...)` or `start()`/`close()`."""
+    sides of that connection (`cuts` counts it); later connections are relayed in full. `cut_at` gives
+    several such points (bytes upstream over all connections). `head_bytes` counts the bytes of request
+    heads. Use `async with TcpProxy(...)` or `start()`/`close()`."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, cut_after: int | None = None,
+                 cut_at: Sequence[int] = (),
                  before_cut: Callable[[TcpProxy], Awaitable[None]] | None = None) -> None:
         self.target = (target_host, target_port)
-        self.cut_after = cut_after
+        self.cut_at = sorted(cut_at) if cut_after is None else [cut_after]
         self.before_cut = before_cut
         self.upstream = 0
         self.downstream = 0
         self.connections = 0
         self.cuts = 0
+        self.head_bytes = 0
         self.heads: list[RequestHead] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,8 +118,10 @@ class TcpProxy:
             while data := await client_reader.read(256 * 1024):
                 if data[:16].split(b" ", 1)[0] in METHODS and (head := parse_head(data)) is not None:
                     self.heads.append(head)
-                if self.cut_after is not None and self.cuts == 0 and self.upstream + len(data) >= self.cut_after:
-                    keep = self.cut_after - self.upstream
+                    if (end := data.find(b"\r\n\r\n")) >= 0:
+                        self.head_bytes += end + 4
+                if self.cuts < len(self.cut_at) and self.upstream + len(data) >= self.cut_at[self.cuts]:
+                    keep = self.cut_at[self.cuts] - self.upstream
                     server_writer.write(data[:keep])
                     await server_writer.drain()
                     self.upstream += keep
