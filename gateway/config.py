@@ -250,7 +250,7 @@ class Settings:
     complete_timeout: float = setting(20.0, parse_duration)
     # The completion lease (renewed while CompleteMultipartUpload runs); lapsed this long, any instance
     # takes over.
-    completion_retry_after: float = setting(15.0, parse_duration, lambda v, s: v >= 1, "must be at least 1 second")
+    completion_retry_after: float = setting(6.0, parse_duration, lambda v, s: v >= 1, "must be at least 1 second")
     max_active_uploads_per_owner: int = setting(1000, **_at_least(1, "must be at least 1"))
     max_active_bytes_per_owner: int = setting(20 * TiB, parse_size)
     # tus concatenation: partial uploads per final, and bytes of small partials streamed through the
